@@ -1,0 +1,1 @@
+"""Command-line interfaces: ``pyrecksc`` (compile side) and ``pyrecks`` (run side)."""

@@ -1,0 +1,65 @@
+"""Pieces every pyrecks command shares: the ``--redis`` option and error reporting.
+
+Commands raise :class:`~pyrecks.errors.PyrecksError` (or let redis-py's connection errors
+escape); :class:`PyrecksGroup` turns those into one clear line on stderr and exit code 1
+instead of a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+import redis
+
+from pyrecks.connection import describe
+from pyrecks.errors import PyrecksError, SourceError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def redis_option(func: F) -> F:
+    """``--redis URL`` (env ``REDIS_URL``; default: the embedded Redis)."""
+    return click.option(
+        "--redis",
+        "redis_url",
+        metavar="URL",
+        default=None,
+        help="Redis URL (redis://, rediss://, unix://). Default: $REDIS_URL, "
+        "else the embedded Redis in $PYRECKS_HOME (~/.pyrecks).",
+    )(func)
+
+
+def fail(message: str, code: int = 1) -> None:
+    click.echo(f"error: {message}", err=True)
+    raise SystemExit(code)
+
+
+class PyrecksGroup(click.Group):
+    """A click group whose commands report pyrecks and Redis errors without a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SourceError as exc:
+            click.echo(f"error: {exc}", err=True)
+            if exc.text:
+                click.echo(exc.context(), err=True)
+            raise SystemExit(1) from None
+        except PyrecksError as exc:
+            fail(str(exc))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            url = (ctx.params or {}).get("redis_url")
+            sub = ctx.invoked_subcommand
+            fail(
+                f"cannot reach Redis at {describe(url)}: {exc}. Is the server running? "
+                "Pass --redis URL or set REDIS_URL."
+                + (f" (while running '{sub}')" if sub else "")
+            )
+        except redis.AuthenticationError as exc:
+            fail(f"Redis refused the credentials: {exc}. Put user:password in the URL.")
+        except redis.ResponseError as exc:
+            if "NOPERM" in str(exc):
+                fail(f"the Redis user lacks a permission: {exc}")
+            raise

@@ -1,0 +1,1 @@
+"""The compile side of pyrecks: return-string grammar, kernel checker, compiler and store."""
