@@ -1,0 +1,227 @@
+"""The public Python API: connect, store kernels, start chains, watch them.
+
+Example::
+
+    import pyrecks
+
+    px = pyrecks.connect()                      # REDIS_URL, else the embedded Redis
+    px.store_kernel("double", "def double(x: int):\\n    return f'return {x * 2}'\\n")
+    chain = px.start('double(21)')
+    with px.local_vm():                         # or run `pyrecks vm` elsewhere
+        info = px.wait(chain, timeout=10)
+    print(info.status, px.result(chain))        # ChainStatus.DONE 42
+
+The CLI (``pyrecks``) is a thin layer over this class.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+
+from pyrecks.compiler.instructions import Call
+from pyrecks.compiler.parser import parse_value
+from pyrecks.compiler.render import render_call
+from pyrecks.connection import connect as connect_redis
+from pyrecks.errors import ChainNotFound, PyrecksError
+from pyrecks.keys import Keyspace
+from pyrecks.vm.machine import VM, VMConfig, parse_start_call
+from pyrecks.vm.records import ChainInfo, ChainStatus, LogEntry
+from pyrecks.vm.scripts import Scripts
+
+__all__ = ["ChainInfo", "ChainStatus", "LogEntry", "Pyrecks", "connect"]
+
+
+def _valid_chain_id(chain_id: str) -> str:
+    if not chain_id or "." in chain_id or "{" in chain_id or "}" in chain_id:
+        raise PyrecksError(
+            f"invalid chain id {chain_id!r}: use letters, digits, '-' or '_' "
+            "('.', '{' and '}' are reserved for fan-out branches and hash tags)"
+        )
+    return chain_id
+
+
+class Pyrecks:
+    """A handle on one pyrecks deployment (a Redis server and a key layout)."""
+
+    def __init__(self, r: redis.Redis, keyspace: Keyspace | None = None) -> None:
+        self.r = r
+        self.keyspace = keyspace or Keyspace()
+        self._scripts = Scripts(r)
+
+    # -- kernels ----------------------------------------------------------------------------
+
+    def store_kernel(self, name: str, source: str) -> Any:
+        """Check, compile and store one kernel (raises KernelRejected with every finding)."""
+        from pyrecks.compiler.compiler import compile_kernel
+        from pyrecks.compiler.policy import load_policy
+        from pyrecks.compiler.store import KernelStore
+
+        compiled = compile_kernel(name, source, load_policy(self.r, self.keyspace))
+        KernelStore(self.r, self.keyspace).put_many([compiled])
+        return compiled
+
+    # -- chains -----------------------------------------------------------------------------
+
+    def start(self, call: str | Call, *, chain_id: str | None = None) -> str:
+        """Queue a chain and return its id at once; a VM runs it.
+
+        ``call`` is a call such as ``'func0("start ...")'``, a bare kernel name (``start``)
+        or a :class:`Call`.  With ``chain_id`` the start is idempotent: a second start with
+        the same id returns the id without starting another chain.
+        """
+        first = call if isinstance(call, Call) else parse_start_call(call)
+        cid = _valid_chain_id(chain_id) if chain_id else uuid.uuid4().hex[:16]
+        ks = self.keyspace
+        self._scripts.create(
+            keys=[ks.chain(cid), ks.chains, ks.starts],
+            args=[cid, render_call(first), repr(time.time()), "1", "queued", "", "", "0"],
+        )
+        return cid
+
+    def status(self, chain_id: str) -> ChainInfo:
+        data = self.r.hgetall(self.keyspace.chain(chain_id))
+        if not data:
+            raise ChainNotFound(
+                f"no chain {chain_id!r} (it never existed, or its record expired); "
+                "list chains with 'pyrecks ls'"
+            )
+        return ChainInfo.from_hash(chain_id, data)
+
+    def result(self, chain_id: str) -> Any:
+        """The value a finished chain ended with (``return <value>``), or None."""
+        info = self.status(chain_id)
+        if info.status is not ChainStatus.DONE:
+            raise PyrecksError(f"chain {chain_id} is {info.status.value}, it has no result")
+        if not info.result:
+            return None
+        from pyrecks.compiler.instructions import thaw
+
+        return thaw(parse_value(info.result))
+
+    def logs(
+        self, chain_id: str, *, follow: bool = False, after: str = "0-0",
+        block_ms: int = 1000,
+    ) -> Iterator[LogEntry]:
+        """The chain's log entries; with ``follow``, keep yielding until the chain ends."""
+        key = self.keyspace.log(chain_id)
+        last = after
+        while True:
+            if follow:
+                got = self.r.xread({key: last}, count=500, block=block_ms)
+                entries = got[0][1] if got else []
+            else:
+                entries = self.r.xrange(key, min=f"({last}" if last != "0-0" else "-")
+            for entry_id, fields in entries:
+                entry = LogEntry.from_stream(entry_id, fields)
+                last = entry.id
+                yield entry
+            if not follow:
+                return
+            if not entries and self.status(chain_id).status.finished:
+                # Drain what landed between the read and the status check, then stop.
+                for entry_id, fields in self.r.xrange(key, min=f"({last}"):
+                    yield LogEntry.from_stream(entry_id, fields)
+                return
+
+    def wait(
+        self,
+        chain_id: str,
+        timeout: float | None = None,
+        on_entry: Callable[[LogEntry], None] | None = None,
+    ) -> ChainInfo:
+        """Block until the chain is done, failed or cancelled (or ``timeout`` passes).
+
+        Waiting follows the chain's log stream (XREAD BLOCK), so it wakes on each step
+        rather than polling.  ``on_entry`` sees every log entry (progress, kernel output).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        key = self.keyspace.log(chain_id)
+        last = "0-0"
+        while True:
+            info = self.status(chain_id)
+            if info.status.finished and on_entry is None:
+                return info
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                if info.status.finished:
+                    return info
+                raise TimeoutError(
+                    f"chain {chain_id} is still {info.status.value} after {timeout}s"
+                )
+            block = 1000 if left is None else max(1, min(1000, int(left * 1000)))
+            got = self.r.xread({key: last}, count=500, block=0 if info.status.finished else block)
+            for _key, entries in got or []:
+                for entry_id, fields in entries:
+                    entry = LogEntry.from_stream(entry_id, fields)
+                    last = entry.id
+                    if on_entry is not None:
+                        on_entry(entry)
+            if info.status.finished and not got:
+                return info
+
+    def cancel(self, chain_id: str) -> str:
+        """Cancel a chain (and its fan-out branches); returns the resulting status."""
+        ks = self.keyspace
+        info = self.status(chain_id)
+        branches = int(info.raw.get("branches") or 0)
+        for i in range(branches):
+            try:
+                self.cancel(f"{chain_id}.{i}")
+            except ChainNotFound:
+                pass
+        got = self._scripts.cancel(
+            keys=[ks.chain(chain_id), ks.log(chain_id)],
+            args=[repr(time.time()), "cancelled by user", str(7 * 24 * 3600), "10000"],
+        )
+        return got.decode() if isinstance(got, bytes) else str(got)
+
+    def chains(self, status: str | None = None, limit: int = 50) -> list[ChainInfo]:
+        """The most recent chains (newest first), optionally only those with ``status``."""
+        ids = [i.decode() for i in self.r.zrevrange(self.keyspace.chains, 0, -1)]
+        out: list[ChainInfo] = []
+        stale: list[str] = []
+        for start in range(0, len(ids), 200):
+            batch = ids[start : start + 200]
+            pipe = self.r.pipeline(transaction=False)
+            for cid in batch:
+                pipe.hgetall(self.keyspace.chain(cid))
+            for cid, data in zip(batch, pipe.execute(), strict=True):
+                if not data:
+                    stale.append(cid)
+                    continue
+                info = ChainInfo.from_hash(cid, data)
+                if status is None or info.status.value == status:
+                    out.append(info)
+                    if len(out) >= limit:
+                        break
+            if len(out) >= limit:
+                break
+        if stale:
+            self.r.zrem(self.keyspace.chains, *stale)  # records that expired
+        return out
+
+    # -- running ----------------------------------------------------------------------------
+
+    def vm(self, **config: Any) -> VM:
+        """A VM on this deployment (call ``.start()`` / ``.stop()``, or ``run_forever()``)."""
+        return VM(self.r, self.keyspace, VMConfig(**config))
+
+    @contextmanager
+    def local_vm(self, **config: Any) -> Iterator[VM]:
+        """Run a VM in this process for the duration of the ``with`` block."""
+        machine = self.vm(**config).start()
+        try:
+            yield machine
+        finally:
+            machine.stop()
+
+
+def connect(url: str | None = None, *, kernel_prefix: str = "") -> Pyrecks:
+    """Connect to ``url`` (else ``REDIS_URL``, else the embedded Redis)."""
+    return Pyrecks(connect_redis(url), Keyspace(kernel_prefix=kernel_prefix))

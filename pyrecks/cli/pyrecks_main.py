@@ -1,0 +1,217 @@
+"""``pyrecks``: start chains, run VMs, watch and control chains."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pyrecks import __version__
+from pyrecks.api import Pyrecks, connect
+from pyrecks.cli.common import PyrecksGroup, fail, redis_option
+from pyrecks.connection import EmbeddedServer
+from pyrecks.vm.records import ChainInfo, ChainStatus, LogEntry
+
+
+@click.group(cls=PyrecksGroup)
+@click.version_option(__version__, prog_name="pyrecks")
+def main() -> None:
+    """Run chains of pure Python kernels stored in Redis.
+
+    Every command takes --redis URL (or $REDIS_URL); without either, pyrecks uses an
+    embedded Redis whose data lives in $PYRECKS_HOME (default ~/.pyrecks).
+    """
+
+
+def _px(redis_url: str | None) -> Pyrecks:
+    return connect(redis_url)
+
+
+def _print_entry(entry: LogEntry) -> None:
+    if entry.kind == "out":
+        click.echo(f"  [{entry.kernel}] {entry.text}")
+    elif entry.kind == "step":
+        click.echo(click.style(f"step {entry.step}: {entry.kernel} {entry.text}", dim=True))
+    elif entry.kind == "error":
+        click.echo(click.style(f"step {entry.step}: {entry.kernel} failed: {entry.text}",
+                               fg="red"), err=True)
+    else:
+        click.echo(click.style(f"step {entry.step}: {entry.kind}: {entry.text}", dim=True))
+
+
+def _describe(info: ChainInfo) -> str:
+    lines = [
+        f"chain    {info.id}",
+        f"status   {info.status.value}",
+        f"step     {info.step}",
+    ]
+    if info.call:
+        lines.append(f"next     {info.call}")
+    if info.kernel:
+        lines.append(f"kernel   {info.kernel}")
+    if info.owner:
+        lines.append(f"owner    {info.owner}")
+    if info.elapsed is not None:
+        lines.append(f"elapsed  {info.elapsed:.3f}s")
+    if info.parent:
+        lines.append(f"parent   {info.parent}")
+    if info.status is ChainStatus.DONE and info.result:
+        lines.append(f"result   {info.result}")
+    if info.error:
+        lines.append(f"error    [{info.error_kind}] {info.error}")
+    if info.traceback:
+        lines.append(info.traceback.rstrip())
+    return "\n".join(lines)
+
+
+def _finish(px: Pyrecks, chain_id: str, as_json: bool, info: ChainInfo) -> None:
+    if as_json:
+        click.echo(json.dumps(info.to_json(), indent=2))
+    else:
+        click.echo(_describe(info))
+    sys.exit(0 if info.status is ChainStatus.DONE else 1)
+
+
+@main.command()
+@click.argument("call")
+@click.option("--wait", is_flag=True, help="Wait for the chain; exit 0 if done, 1 if failed.")
+@click.option("--follow", "-f", is_flag=True, help="Like --wait, printing every log entry.")
+@click.option("--local", is_flag=True, help="Run a VM in this process for the chain (implies --wait).")
+@click.option("--json", "as_json", is_flag=True, help="Print the final chain record as JSON.")
+@click.option("--id", "chain_id", default=None, help="Chain id to use (idempotent start).")
+@click.option("--timeout", type=float, default=None, help="Give up waiting after SECONDS.")
+@click.option("--threads", type=int, default=4, show_default=True, help="Threads of a --local VM.")
+@redis_option
+def run(
+    call: str, wait: bool, follow: bool, local: bool, as_json: bool, chain_id: str | None,
+    timeout: float | None, threads: int, redis_url: str | None,
+) -> None:
+    """Start a chain with CALL (e.g. 'func0("hi")') or a kernel NAME (e.g. start).
+
+    Prints the chain id at once and returns, unless --wait, --follow or --local.
+    """
+    px = _px(redis_url)
+    cid = px.start(call, chain_id=chain_id)
+    if not (wait or follow or local):
+        click.echo(json.dumps({"chain": cid}) if as_json else cid)
+        return
+    if not as_json:
+        click.echo(f"chain {cid} started", err=True)
+    on_entry = None if as_json else (_print_entry if (follow or wait or local) else None)
+    try:
+        if local:
+            with px.local_vm(threads=threads, echo=False):
+                info = px.wait(cid, timeout=timeout, on_entry=on_entry)
+        else:
+            info = px.wait(cid, timeout=timeout, on_entry=on_entry)
+    except TimeoutError as exc:
+        fail(str(exc))
+        return
+    _finish(px, cid, as_json, info)
+
+
+@main.command()
+@click.option("--threads", "-t", type=int, default=8, show_default=True)
+@click.option("--name", default=None, help="Stable VM name (default: host-pid-random).")
+@click.option("--quiet", is_flag=True, help="Do not echo kernel output to the console.")
+@click.option("--retention", type=int, default=7 * 24 * 3600, show_default=True,
+              help="Seconds finished chain records and logs are kept.")
+@redis_option
+def vm(threads: int, name: str | None, quiet: bool, retention: int, redis_url: str | None) -> None:
+    """Run a VM until Ctrl-C (which drains: running chains go back to the queue)."""
+    px = _px(redis_url)
+    config: dict[str, Any] = {"threads": threads, "echo": not quiet, "retention": retention}
+    if name:
+        config["name"] = name
+    machine = px.vm(**config)
+    click.echo(f"pyrecks vm {machine.name}: {threads} threads; Ctrl-C to stop", err=True)
+    machine.run_forever()
+
+
+@main.command()
+@click.argument("chain_id")
+@click.option("--json", "as_json", is_flag=True)
+@redis_option
+def status(chain_id: str, as_json: bool, redis_url: str | None) -> None:
+    """Show a chain's record: status, step, next call, timings, result or error."""
+    info = _px(redis_url).status(chain_id)
+    click.echo(json.dumps(info.to_json(), indent=2) if as_json else _describe(info))
+
+
+@main.command()
+@click.argument("chain_id")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing until the chain ends.")
+@redis_option
+def logs(chain_id: str, follow: bool, redis_url: str | None) -> None:
+    """Print a chain's log: steps, kernel output, errors."""
+    px = _px(redis_url)
+    px.status(chain_id)  # a clear error for unknown ids
+    for entry in px.logs(chain_id, follow=follow):
+        click.echo(entry.format())
+
+
+@main.command("ls")
+@click.option("--status", "status_filter", type=click.Choice([s.value for s in ChainStatus]))
+@click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@redis_option
+def ls_cmd(status_filter: str | None, limit: int, as_json: bool, redis_url: str | None) -> None:
+    """List recent chains, newest first."""
+    infos = _px(redis_url).chains(status=status_filter, limit=limit)
+    if as_json:
+        click.echo(json.dumps([i.to_json() for i in infos], indent=2))
+        return
+    if not infos:
+        click.echo("no chains")
+        return
+    click.echo(f"{'CHAIN':<18} {'STATUS':<10} {'STEP':>5}  {'AGE':>8}  NEXT / RESULT / ERROR")
+    now = time.time()
+    for i in infos:
+        detail = i.error or (i.result if i.status is ChainStatus.DONE else i.call) or ""
+        age = f"{now - i.created:.0f}s" if i.created else "?"
+        click.echo(f"{i.id:<18} {i.status.value:<10} {i.step:>5}  {age:>8}  {detail[:60]}")
+
+
+@main.command()
+@click.argument("chain_id")
+@redis_option
+def cancel(chain_id: str, redis_url: str | None) -> None:
+    """Cancel a queued, running or waiting chain (its current step finishes, then it stops)."""
+    result = _px(redis_url).cancel(chain_id)
+    if result == "cancelled":
+        click.echo(f"chain {chain_id} cancelled")
+    else:
+        fail(f"chain {chain_id} is already {result}; nothing to cancel")
+
+
+@main.group()
+def embedded() -> None:
+    """Manage the embedded Redis server ($PYRECKS_HOME, default ~/.pyrecks)."""
+
+
+@embedded.command("status")
+def embedded_status() -> None:
+    server = EmbeddedServer()
+    state = "running" if server.is_running() else "stopped"
+    click.echo(f"embedded Redis: {state} ({server.url}, data in {server.home})")
+
+
+@embedded.command("stop")
+def embedded_stop() -> None:
+    server = EmbeddedServer()
+    click.echo("stopped" if server.stop() else "not running")
+
+
+@main.command()
+@click.option("--kernels", "kernel_dir", default="kernels", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path))
+@redis_option
+def demo(kernel_dir: Path, redis_url: str | None) -> None:
+    """Store the sample kernels and run the seed's chain plus the word-count example."""
+    from pyrecks.cli.demo import run_demo
+
+    run_demo(_px(redis_url), kernel_dir)

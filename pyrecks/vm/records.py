@@ -1,0 +1,147 @@
+"""Chain records and log entries as Python objects.
+
+A chain record is a Redis hash (``Keyspace.chain``); its log is a Redis stream
+(``Keyspace.log``).  This module only *reads* them and names their fields: every write
+happens inside the Lua scripts of :mod:`pyrecks.vm.scripts`, where it can be fenced.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ChainStatus(str, enum.Enum):
+    """Where a chain is in its life.  ``waiting`` = a fan-out's branches are running."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    WAITING = "waiting"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (ChainStatus.DONE, ChainStatus.FAILED, ChainStatus.CANCELLED)
+
+
+def _text(raw: bytes | str | None) -> str | None:
+    if raw is None:
+        return None
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+
+
+def _float(raw: bytes | str | None) -> float | None:
+    text = _text(raw)
+    return float(text) if text else None
+
+
+@dataclass(frozen=True)
+class ChainInfo:
+    """A snapshot of one chain record."""
+
+    id: str
+    status: ChainStatus
+    step: int
+    call: str | None
+    kernel: str | None
+    owner: str | None
+    created: float | None
+    started: float | None
+    updated: float | None
+    finished: float | None
+    result: str | None
+    error: str | None
+    error_kind: str | None
+    traceback: str | None
+    parent: str | None
+    attempts: int
+    raw: dict[str, str] = field(repr=False, default_factory=dict)
+
+    @classmethod
+    def from_hash(cls, chain_id: str, data: dict[bytes, bytes]) -> ChainInfo:
+        fields = {_text(k) or "": _text(v) or "" for k, v in data.items()}
+        return cls(
+            id=chain_id,
+            status=ChainStatus(fields.get("status", "queued")),
+            step=int(fields.get("step") or 0),
+            call=fields.get("call") or None,
+            kernel=fields.get("kernel") or None,
+            owner=fields.get("owner") or None,
+            created=_float(fields.get("created")),
+            started=_float(fields.get("started")),
+            updated=_float(fields.get("updated")),
+            finished=_float(fields.get("finished")),
+            result=fields.get("result") if "result" in fields else None,
+            error=fields.get("error") or None,
+            error_kind=fields.get("error_kind") or None,
+            traceback=fields.get("traceback") or None,
+            parent=fields.get("parent") or None,
+            attempts=int(fields.get("attempts") or 0),
+            raw=fields,
+        )
+
+    @property
+    def elapsed(self) -> float | None:
+        """Seconds from creation to finish (or to now while the chain runs)."""
+        if self.created is None:
+            return None
+        return (self.finished or time.time()) - self.created
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "status": self.status.value,
+            "step": self.step,
+            "call": self.call,
+            "kernel": self.kernel,
+            "owner": self.owner,
+            "created": self.created,
+            "started": self.started,
+            "updated": self.updated,
+            "finished": self.finished,
+            "result": self.result,
+            "error": self.error,
+            "error_kind": self.error_kind,
+            "traceback": self.traceback,
+            "parent": self.parent,
+            "attempts": self.attempts,
+        }
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One entry of a chain's log stream.
+
+    ``kind`` is ``start``, ``step`` (a kernel is about to run / ran), ``out`` (a line the
+    kernel printed), ``effect``, ``error``, ``end``, ``fanout`` or ``info``.
+    """
+
+    id: str
+    kind: str
+    step: int
+    kernel: str
+    text: str
+    ts: float
+
+    @classmethod
+    def from_stream(cls, entry_id: bytes | str, data: dict[bytes, bytes]) -> LogEntry:
+        fields = {_text(k) or "": _text(v) or "" for k, v in data.items()}
+        return cls(
+            id=_text(entry_id) or "",
+            kind=fields.get("kind", "info"),
+            step=int(fields.get("step") or 0),
+            kernel=fields.get("kernel", ""),
+            text=fields.get("text", ""),
+            ts=float(fields.get("ts") or 0.0),
+        )
+
+    def format(self) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(self.ts))
+        where = f"step {self.step}" + (f" {self.kernel}" if self.kernel else "")
+        if self.kind == "out":
+            return f"{stamp} [{where}] {self.text}"
+        return f"{stamp} [{where}] {self.kind}: {self.text}"
