@@ -527,14 +527,14 @@ class _Advisor:
             msg = "a backslash is only allowed inside a string, as an escape"
         else:
             msg = f"unexpected character {ch!r}"
-        if expected and "expected" not in msg:
-            msg += f"; expected {_words_text(expected)}"
+            if expected:
+                msg += f"; expected {_words_text(expected)}"
         line, col = _line_col(text, pos)
         return _error(text, line, col, msg, expected)
 
     def _token(self, exc: UnexpectedToken, text: str) -> ReturnStringError:
         tok: Token = exc.token
-        names = frozenset(exc.expected or ())
+        names = self._accepted(exc)
         expected = self.expected(names)
         at_end = tok.type == "$END"
         pos = len(text.rstrip()) if at_end else (tok.start_pos or 0)
@@ -542,10 +542,26 @@ class _Advisor:
         if msg is None:
             what = "end of text" if at_end else self._describe(tok)
             msg = f"unexpected {what}; expected {_words_text(expected)}"
-        elif "expected" not in msg:
-            msg += f" (expected {_words_text(expected)})"
         line, col = _line_col(text, pos)
         return _error(text, line, col, msg, expected)
+
+    @staticmethod
+    def _accepted(exc: UnexpectedToken) -> frozenset[str]:
+        """The terminals that really fit at the fault.
+
+        LALR states are merged, so ``exc.expected`` can list tokens that would fail one
+        reduction later; the interactive parser replays each candidate (without callbacks)
+        and keeps the ones that are accepted.
+        """
+        names = frozenset(exc.expected or ())
+        ip = exc.interactive_parser
+        if ip is None:
+            return names
+        try:
+            accepted = frozenset(ip.accepts())
+        except Exception:  # pragma: no cover - best effort, fall back to the LALR set
+            return names
+        return accepted or names
 
     def _describe(self, tok: Token) -> str:
         if tok.type == "NAME":
@@ -593,8 +609,11 @@ class _Advisor:
             if before.endswith("{") and nxt == "}":
                 return (f"{{{tok}}} looks like a str.format/f-string placeholder that was "
                         "never filled" + _USE_HELPER)
+            words = re.split(r"[,)\]}]", text[pos:], maxsplit=1)[0].strip()
+            if not words or '"' in words or "'" in words or len(words) > 40:
+                words = str(tok)
             return (f"unquoted text {str(tok)!r}: a string value needs quotes, e.g. "
-                    f"\"{tok}\"" + _USE_HELPER)
+                    f"\"{words}\"" + _USE_HELPER)
         if tok.type == "STRING" and names & {"LPAR", "LSQB"} and before:
             word = before.split()[-1]
             return f'missing parentheses: write {word}({tok}) (Python 3 call syntax)'
@@ -612,7 +631,8 @@ class _Advisor:
                 names & {"RPAR", "RSQB", "RBRACE"}:
             return f"missing ',' before {self._describe(tok)}"
         if start_of_text and tok.type in _VALUE_START - {"LSQB"}:
-            return _HOW_TO_START + "; to end the chain with this value write: return <value>"
+            shown = text.strip() if len(text.strip()) <= 40 else "<value>"
+            return _HOW_TO_START + f"; to end the chain with this value write: return {shown}"
         if tok.type == "COMMA" and names & _VALUE_START:
             return "unexpected ',': a value is missing (an extra or leading comma?)"
         return None
