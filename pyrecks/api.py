@@ -16,6 +16,7 @@ The CLI (``pyrecks``) is a thin layer over this class.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -105,7 +106,11 @@ class Pyrecks:
         return thaw(parse_value(info.result))
 
     def logs(
-        self, chain_id: str, *, follow: bool = False, after: str = "0-0",
+        self,
+        chain_id: str,
+        *,
+        follow: bool = False,
+        after: str = "0-0",
         block_ms: int = 1000,
     ) -> Iterator[LogEntry]:
         """The chain's log entries; with ``follow``, keep yielding until the chain ends."""
@@ -171,10 +176,8 @@ class Pyrecks:
         info = self.status(chain_id)
         branches = int(info.raw.get("branches") or 0)
         for i in range(branches):
-            try:
+            with contextlib.suppress(ChainNotFound):
                 self.cancel(f"{chain_id}.{i}")
-            except ChainNotFound:
-                pass
         got = self._scripts.cancel(
             keys=[ks.chain(chain_id), ks.log(chain_id)],
             args=[repr(time.time()), "cancelled by user", str(7 * 24 * 3600), "10000"],

@@ -37,8 +37,10 @@ def _print_entry(entry: LogEntry) -> None:
     elif entry.kind == "step":
         click.echo(click.style(f"step {entry.step}: {entry.kernel} {entry.text}", dim=True))
     elif entry.kind == "error":
-        click.echo(click.style(f"step {entry.step}: {entry.kernel} failed: {entry.text}",
-                               fg="red"), err=True)
+        click.echo(
+            click.style(f"step {entry.step}: {entry.kernel} failed: {entry.text}", fg="red"),
+            err=True,
+        )
     else:
         click.echo(click.style(f"step {entry.step}: {entry.kind}: {entry.text}", dim=True))
 
@@ -80,15 +82,24 @@ def _finish(px: Pyrecks, chain_id: str, as_json: bool, info: ChainInfo) -> None:
 @click.argument("call")
 @click.option("--wait", is_flag=True, help="Wait for the chain; exit 0 if done, 1 if failed.")
 @click.option("--follow", "-f", is_flag=True, help="Like --wait, printing every log entry.")
-@click.option("--local", is_flag=True, help="Run a VM in this process for the chain (implies --wait).")
+@click.option(
+    "--local", is_flag=True, help="Run a VM in this process for the chain (implies --wait)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the final chain record as JSON.")
 @click.option("--id", "chain_id", default=None, help="Chain id to use (idempotent start).")
 @click.option("--timeout", type=float, default=None, help="Give up waiting after SECONDS.")
 @click.option("--threads", type=int, default=4, show_default=True, help="Threads of a --local VM.")
 @redis_option
 def run(
-    call: str, wait: bool, follow: bool, local: bool, as_json: bool, chain_id: str | None,
-    timeout: float | None, threads: int, redis_url: str | None,
+    call: str,
+    wait: bool,
+    follow: bool,
+    local: bool,
+    as_json: bool,
+    chain_id: str | None,
+    timeout: float | None,
+    threads: int,
+    redis_url: str | None,
 ) -> None:
     """Start a chain with CALL (e.g. 'func0("hi")') or a kernel NAME (e.g. start).
 
@@ -118,8 +129,13 @@ def run(
 @click.option("--threads", "-t", type=int, default=8, show_default=True)
 @click.option("--name", default=None, help="Stable VM name (default: host-pid-random).")
 @click.option("--quiet", is_flag=True, help="Do not echo kernel output to the console.")
-@click.option("--retention", type=int, default=7 * 24 * 3600, show_default=True,
-              help="Seconds finished chain records and logs are kept.")
+@click.option(
+    "--retention",
+    type=int,
+    default=7 * 24 * 3600,
+    show_default=True,
+    help="Seconds finished chain records and logs are kept.",
+)
 @redis_option
 def vm(threads: int, name: str | None, quiet: bool, retention: int, redis_url: str | None) -> None:
     """Run a VM until Ctrl-C (which drains: running chains go back to the queue)."""
@@ -207,8 +223,13 @@ def embedded_stop() -> None:
 
 
 @main.command()
-@click.option("--kernels", "kernel_dir", default="kernels", show_default=True,
-              type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--kernels",
+    "kernel_dir",
+    default="kernels",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+)
 @redis_option
 def demo(kernel_dir: Path, redis_url: str | None) -> None:
     """Store the sample kernels and run the seed's chain plus the word-count example."""

@@ -17,7 +17,6 @@ code the checker would refuse.
 from __future__ import annotations
 
 import hashlib
-import json
 import linecache
 import threading
 from collections.abc import Callable
@@ -25,21 +24,17 @@ from dataclasses import dataclass
 from types import CodeType
 from typing import Any
 
-from pyrecks.compiler.compiler import CompiledKernel, compile_kernel, load_code
+from pyrecks.compiler.compiler import (
+    CompiledKernel,
+    Param,
+    compile_kernel,
+    load_code,
+    signature_from_json,
+)
 from pyrecks.compiler.policy import Policy
 from pyrecks.compiler.store import KernelStore
 from pyrecks.errors import KernelNotFound
 from pyrecks.vm.sandbox import Sandbox
-
-
-@dataclass(frozen=True)
-class Param:
-    """One parameter of a kernel's entry function, as stored in its signature."""
-
-    name: str
-    annotation: str | None
-    kind: str
-    has_default: bool
 
 
 @dataclass(frozen=True)
@@ -56,23 +51,6 @@ class LoadedKernel:
 
 def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def _params(signature: Any) -> tuple[Param, ...]:
-    out = []
-    for p in signature or ():
-        if isinstance(p, dict):
-            out.append(
-                Param(
-                    name=p["name"],
-                    annotation=p.get("annotation"),
-                    kind=p.get("kind", "POSITIONAL_OR_KEYWORD"),
-                    has_default=bool(p.get("has_default")),
-                )
-            )
-        else:
-            out.append(Param(p.name, p.annotation, p.kind, p.has_default))
-    return tuple(out)
 
 
 class KernelLoader:
@@ -142,7 +120,7 @@ class KernelLoader:
             return self._from_source(name, source, expected_source=source)
         # A compiled record: re-check the source once per process under today's policy.
         compiled = compile_kernel(name, source, self.policy)
-        signature = json.loads(_text(fields.get("signature", b"[]")) or "[]")
+        signature = signature_from_json(fields.get("signature")) or compiled.signature
         timeout = _text(fields["timeout"]) if "timeout" in fields else None
         retries = _text(fields["retries"]) if "retries" in fields else None
         return self._install(
@@ -150,7 +128,7 @@ class KernelLoader:
             digest,
             source,
             code,
-            _params(signature) or _params(compiled.signature),
+            signature,
             float(timeout) if timeout else compiled.timeout,
             int(retries) if retries else compiled.retries,
         )
@@ -168,7 +146,7 @@ class KernelLoader:
             digest,
             source,
             compiled.code,
-            _params(compiled.signature),
+            compiled.signature,
             compiled.timeout,
             compiled.retries,
         )

@@ -278,8 +278,9 @@ class VM:
                 self._ack(entry_id)
                 return
         ks = self.keyspace
-        got = self.scripts.claim(keys=[ks.chain(chain_id), ks.results(chain_id)],
-                                 args=[self.name, _now()])
+        got = self.scripts.claim(
+            keys=[ks.chain(chain_id), ks.results(chain_id)], args=[self.name, _now()]
+        )
         if _s(got[0]) != "ok":
             self._ack(entry_id)  # done, cancelled, already running elsewhere or expired
             return
@@ -328,8 +329,16 @@ class VM:
         ks = self.keyspace
         created = self.scripts.create(
             keys=[ks.chain(chain_id), ks.chains, ks.starts],
-            args=[chain_id, rendered, _now(), "0", "failed" if error else "queued",
-                  error, "bad_call" if error else "", str(self.config.retention)],
+            args=[
+                chain_id,
+                rendered,
+                _now(),
+                "0",
+                "failed" if error else "queued",
+                error,
+                "bad_call" if error else "",
+                str(self.config.retention),
+            ],
         )
         if error:
             return None
@@ -421,12 +430,17 @@ class VM:
         return lambda line: self._say(f"{prefix} {line}")
 
     def _convert(self, kernel: LoadedKernel, args: list[Any]) -> list[Any]:
-        params = [p for p in kernel.params if p.kind in ("POSITIONAL_ONLY", "POSITIONAL_OR_KEYWORD")]
-        varargs = any(p.kind == "VAR_POSITIONAL" for p in kernel.params)
+        params = [
+            p for p in kernel.params if p.kind in ("positional_only", "positional_or_keyword")
+        ]
+        varargs = any(p.kind == "var_positional" for p in kernel.params)
         required = [p for p in params if not p.has_default]
         if len(args) < len(required) or (len(args) > len(params) and not varargs):
-            want = f"{len(required)}" if len(required) == len(params) else (
-                f"{len(required)} to {len(params)}")
+            want = (
+                f"{len(required)}"
+                if len(required) == len(params)
+                else (f"{len(required)} to {len(params)}")
+            )
             raise StepFailure(
                 "arguments",
                 f"kernel {kernel.name} takes {want} argument(s) "
@@ -541,9 +555,20 @@ class VM:
                 [f"{run.id}.{i}", ks.chain(f"{run.id}.{i}"), render_call(b)]
                 for i, b in enumerate(then.branches)
             ]
-            fields += ["call", text, "status", "waiting", "owner", "",
-                       "pending", str(len(branches)), "branches", str(len(branches)),
-                       "join", render_call(then.join)]
+            fields += [
+                "call",
+                text,
+                "status",
+                "waiting",
+                "owner",
+                "",
+                "pending",
+                str(len(branches)),
+                "branches",
+                str(len(branches)),
+                "join",
+                render_call(then.join),
+            ]
             payload["fanout"] = {
                 "branches": branches,
                 "results": ks.results(run.id),
@@ -553,10 +578,8 @@ class VM:
             logs.insert(0, self._log_entry(run, "fanout", kernel.name, text, now))
         else:
             result = render_value(then.value) if isinstance(then, Finish) else ""
-            fields += ["call", "", "status", "done", "owner", "", "finished", now,
-                       "result", result]
-            done: dict[str, Any] = {"results": ks.results(run.id),
-                                    "result": result or "None"}
+            fields += ["call", "", "status", "done", "owner", "", "finished", now, "result", result]
+            done: dict[str, Any] = {"results": ks.results(run.id), "result": result or "None"}
             if run.parent is not None and run.branch is not None:
                 done["parent"] = {
                     "key": ks.chain(run.parent),
@@ -571,8 +594,9 @@ class VM:
             logs.append(self._log_entry(run, "end", kernel.name, f"done: {ended}", now))
         payload["fields"] = fields
         payload["logs"] = logs
-        got = self.scripts.commit(keys=[ks.chain(run.id), ks.log(run.id), ks.kernels],
-                                  args=[pack(payload)])
+        got = self.scripts.commit(
+            keys=[ks.chain(run.id), ks.log(run.id), ks.kernels], args=[pack(payload)]
+        )
         status = _s(got[0])
         if status == "rejected":
             raise StepFailure("effect", f"effect refused: {_s(got[1])}")
@@ -593,11 +617,33 @@ class VM:
             "owner": self.name,
             "epoch": run.epoch,
             "step": str(run.step),
-            "fields": ["status", "failed", "owner", "", "error", text,
-                       "error_kind", failure.kind, "traceback", failure.tb,
-                       "finished", now, "updated", now, "kernel", run.call.name],
-            "logs": [self._log_entry(run, "error", run.call.name,
-                                     text + ("\n" + failure.tb if failure.tb else ""), now)],
+            "fields": [
+                "status",
+                "failed",
+                "owner",
+                "",
+                "error",
+                text,
+                "error_kind",
+                failure.kind,
+                "traceback",
+                failure.tb,
+                "finished",
+                now,
+                "updated",
+                now,
+                "kernel",
+                run.call.name,
+            ],
+            "logs": [
+                self._log_entry(
+                    run,
+                    "error",
+                    run.call.name,
+                    text + ("\n" + failure.tb if failure.tb else ""),
+                    now,
+                )
+            ],
             "maxlog": str(self.config.max_log),
             "retention": str(self.config.retention),
             "results": ks.results(run.id),

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-class ChainStatus(str, enum.Enum):
+class ChainStatus(enum.StrEnum):
     """Where a chain is in its life.  ``waiting`` = a fan-out's branches are running."""
 
     QUEUED = "queued"

@@ -32,21 +32,91 @@ from pyrecks.errors import PyrecksError
 
 #: Builtins a kernel may use.  Everything not listed here is absent from the sandbox.
 SAFE_BUILTINS: frozenset[str] = frozenset(
-    """
-    abs all any ascii bin bool bytearray bytes callable chr classmethod complex dict divmod
-    enumerate filter float format frozenset hash hex id int isinstance issubclass iter len
-    list map max min next object oct ord pow property range repr reversed round set slice
-    sorted staticmethod str sum super tuple type zip NotImplemented Ellipsis __build_class__
-    """.split()
+    [
+        "abs",
+        "all",
+        "any",
+        "ascii",
+        "bin",
+        "bool",
+        "bytearray",
+        "bytes",
+        "callable",
+        "chr",
+        "classmethod",
+        "complex",
+        "dict",
+        "divmod",
+        "enumerate",
+        "filter",
+        "float",
+        "format",
+        "frozenset",
+        "hash",
+        "hex",
+        "id",
+        "int",
+        "isinstance",
+        "issubclass",
+        "iter",
+        "len",
+        "list",
+        "map",
+        "max",
+        "min",
+        "next",
+        "object",
+        "oct",
+        "ord",
+        "pow",
+        "property",
+        "range",
+        "repr",
+        "reversed",
+        "round",
+        "set",
+        "slice",
+        "sorted",
+        "staticmethod",
+        "str",
+        "sum",
+        "super",
+        "tuple",
+        "type",
+        "zip",
+        "NotImplemented",
+        "Ellipsis",
+        "__build_class__",
+    ]
 )
 
 #: Attribute names that lead out of the sandbox even when spelled as a plain string.
 FRAME_ATTRIBUTES: frozenset[str] = frozenset(
-    """
-    f_globals f_locals f_builtins f_back f_code f_trace gi_frame gi_code gi_yieldfrom
-    cr_frame cr_code cr_await ag_frame ag_code ag_await tb_frame tb_next co_code
-    func_globals func_code im_func im_self mro
-    """.split()
+    [
+        "f_globals",
+        "f_locals",
+        "f_builtins",
+        "f_back",
+        "f_code",
+        "f_trace",
+        "gi_frame",
+        "gi_code",
+        "gi_yieldfrom",
+        "cr_frame",
+        "cr_code",
+        "cr_await",
+        "ag_frame",
+        "ag_code",
+        "ag_await",
+        "tb_frame",
+        "tb_next",
+        "co_code",
+        "func_globals",
+        "func_code",
+        "im_func",
+        "im_self",
+        "mro",
+    ]
 )
 
 _SLEEP_SLICE = 0.05

@@ -1,0 +1,5 @@
+"""``python -m pyrecks`` is the ``pyrecks`` command."""
+
+from pyrecks.cli.pyrecks_main import main
+
+main()

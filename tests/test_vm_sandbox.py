@@ -1,0 +1,144 @@
+"""Escapes tried at run time, through kernels that never met the checker.
+
+The VM runs the checker on raw ``SET`` kernels, so the first group shows those are refused.
+The second group exercises the run-time guards directly (code executed in a sandbox
+namespace without any static check), since the sandbox must hold even if the checker
+missed something.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from pyrecks.api import Pyrecks
+from pyrecks.compiler.policy import Policy
+from pyrecks.vm.records import ChainStatus
+from pyrecks.vm.sandbox import Sandbox, SandboxViolation
+from tests.vm_helpers import raw_kernel
+
+RAW_ESCAPES = {
+    "subclasses": "def k():\n    return str(().__class__.__bases__[0].__subclasses__())\n",
+    "computed_getattr": "def k():\n    return getattr((), '__cl' + 'ass__')\n",
+    "open_file": "def k():\n    return open('/etc/passwd').read()\n",
+    "import_os": "import os\ndef k():\n    return ''\n",
+    "json_codecs": "import json\ndef k():\n    return json.codecs.open('/etc/passwd').read()\n",
+    "eval": "def k():\n    return eval('1')\n",
+    "frame_walk": "def k():\n    g = (x for x in [1])\n    return str(g.gi_frame.f_back)\n",
+    "builtins_dict": "def k():\n    return __builtins__['open']('/etc/passwd').read()\n",
+    "global_state": "X = []\ndef k():\n    global X\n    X = 1\n    return ''\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(RAW_ESCAPES))
+def test_raw_set_escape_attempts_fail_the_chain_with_a_lint_reason(
+    r: redis.Redis, name: str
+) -> None:
+    raw_kernel(r, "k", RAW_ESCAPES[name])
+    px = Pyrecks(r)
+    with px.local_vm(echo=False):
+        info = px.wait(px.start("k()"), timeout=30)
+    assert info.status is ChainStatus.FAILED
+    assert info.error_kind == "lint", info.error
+    assert r.type("k") == b"string"  # a refused kernel is never cached as compiled
+
+
+@pytest.fixture
+def sandbox() -> Sandbox:
+    policy = Policy()
+    return Sandbox(policy.allowed_modules, policy.forbidden_builtins, policy.forbidden_attributes)
+
+
+def _run(sandbox: Sandbox, source: str) -> dict[str, object]:
+    namespace = sandbox.namespace("t")
+    exec(compile(source, "<kernel t>", "exec"), namespace)
+    return namespace
+
+
+@pytest.mark.parametrize(
+    "source, error",
+    [
+        ("import os", ImportError),
+        ("import subprocess", ImportError),
+        ("from json import codecs", ImportError),
+        ("from datetime import sys", ImportError),
+        ("import json\nx = json.codecs", AttributeError),
+        ("import datetime\nx = datetime.sys", AttributeError),
+        ("from . import x", ImportError),
+        ("open('/etc/passwd')", NameError),
+        ("eval('1')", NameError),
+        ("exec('x = 1')", NameError),
+        ("compile('1', 'f', 'eval')", NameError),
+        ("globals()", NameError),
+        ("vars()", NameError),
+        ("breakpoint()", NameError),
+        ("getattr((), '__cl' + 'ass__')", SandboxViolation),
+        ("hasattr(lambda: 0, '__globals__')", SandboxViolation),
+        ("g = (i for i in [1])\ngetattr(g, 'gi_frame')", SandboxViolation),
+        ("import string\nstring.Formatter", AttributeError),
+        ("import typing\ntyping.get_type_hints", AttributeError),
+    ],
+)
+def test_runtime_guards_hold_without_the_checker(
+    sandbox: Sandbox, source: str, error: type[BaseException]
+) -> None:
+    with pytest.raises(error):
+        _run(sandbox, source)
+
+
+def test_allowed_modules_work_inside_the_sandbox(sandbox: Sandbox) -> None:
+    ns = _run(
+        sandbox,
+        "import math, json, re\nfrom collections import Counter\nimport collections.abc\n"
+        "x = (math.sqrt(16), json.dumps([1]), re.sub('a', 'b', 'aa'), Counter('aab')['a'],\n"
+        "     collections.abc.Mapping is not None)",
+    )
+    assert ns["x"] == (4.0, "[1]", "bb", 2, True)
+
+
+def test_sandboxed_sleep_is_interruptible_by_the_watchdog(r: redis.Redis) -> None:
+    raw_kernel(r, "nap", "import time\nPYRECKS_TIMEOUT = 0.2\ndef nap():\n    time.sleep(60)\n")
+    px = Pyrecks(r)
+    began = time.monotonic()
+    with px.local_vm(echo=False, timeout_grace=5.0):
+        info = px.wait(px.start("nap()"), timeout=30)
+    assert info.error_kind == "timeout"
+    # Interrupted by KernelTimeout well before the 5 s grace would abandon the thread.
+    assert time.monotonic() - began < 5.0
+
+
+def test_a_kernel_that_swallows_the_timeout_is_abandoned_and_the_vm_lives_on(
+    r: redis.Redis,
+) -> None:
+    # Bypass the checker (which forbids bare except): the runtime must still cope.
+    # It ignores KernelTimeout for 2 s, then returns: the VM must have given up on it
+    # by then (grace 0.5 s) and must drop its late return value.
+    source = (
+        "import time\n"
+        "def stubborn():\n"
+        "    end = time.monotonic() + 2.0\n"
+        "    while time.monotonic() < end:\n"
+        "        try:\n"
+        "            while time.monotonic() < end:\n"
+        "                pass\n"
+        "        except BaseException:\n"
+        "            pass\n"
+        '    return \'SET [("late", "1")]\'\n'
+    )
+    raw_kernel(r, "fine", "def fine():\n    return 'return 7'\n")
+    px = Pyrecks(r)
+    with px.local_vm(echo=False, threads=1, timeout_grace=0.5) as vm:
+        # Install the kernel straight into the VM's cache and mark the Redis record as
+        # that exact version, so the VM runs it without compiling (and checking) it.
+        code = compile(source, "<kernel stubborn>", "exec")
+        vm.loader._install("stubborn", "unchecked", source, code, (), 0.2, None)
+        r.hset("stubborn", mapping={"source": source, "digest": "unchecked", "compiled": "1"})
+        stuck = px.wait(px.start("stubborn()"), timeout=30)
+        after = px.wait(px.start("fine()"), timeout=30)
+    assert stuck.status is ChainStatus.FAILED
+    assert stuck.error_kind == "timeout"
+    assert "abandoned" in (stuck.error or "")
+    assert after.status is ChainStatus.DONE  # the single worker was replaced
+    assert r.get("late") is None  # the abandoned step's effects never landed
