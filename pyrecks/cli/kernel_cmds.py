@@ -1,1 +1,574 @@
-"""Placeholder: filled in by its issue."""
+"""``pyrecksc lint | compile | show | list | rm | policy``: the kernel commands.
+
+A kernel file's name (without ``.py``) is the kernel's name, as with the seed's installer.
+``lint`` works offline (CI, pre-commit); the other commands talk to Redis (``--redis URL``,
+else ``REDIS_URL``, else the embedded Redis in ``$PYRECKS_HOME``), and ``compile`` checks
+kernels with the policy stored there — the one every VM enforces.
+"""
+
+from __future__ import annotations
+
+import dis
+import io
+import json
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pyrecks.cli.common import fail, redis_option
+from pyrecks.cli.pyrecksc import main
+from pyrecks.compiler.checker import Finding, check
+from pyrecks.compiler.compiler import MAGIC, CompiledKernel, compile_kernel
+from pyrecks.compiler.policy import Policy, load_policy, save_policy
+from pyrecks.compiler.store import KernelRecord, KernelStore
+from pyrecks.errors import KernelRejected, LintError, PyrecksError
+from pyrecks.keys import Keyspace
+
+PROGRESS_THRESHOLD = 20
+
+
+# --------------------------------------------------------------------------------------
+# Shared helpers
+# --------------------------------------------------------------------------------------
+
+
+def prefix_option(func: Any) -> Any:
+    return click.option(
+        "--prefix",
+        default="",
+        metavar="P",
+        help="Key prefix of kernel records (default: none, as in the seed: key = kernel name).",
+    )(func)
+
+
+def _keyspace(prefix: str) -> Keyspace:
+    return Keyspace(kernel_prefix=prefix)
+
+
+def _connect(redis_url: str | None) -> Any:
+    from pyrecks.connection import connect
+
+    return connect(redis_url)
+
+
+def _is_kernel_file(path: Path) -> bool:
+    name = path.name
+    return not (
+        name.startswith(("test_", "."))
+        or name.endswith("_test.py")
+        or name in ("conftest.py", "__init__.py", "setup.py")
+    )
+
+
+def collect_files(paths: Iterable[str]) -> list[Path]:
+    """Kernel files named on the command line: files as given, folders searched for ``*.py``.
+
+    In folders, test files (``test_*.py``, ``*_test.py``, ``conftest.py``) and
+    ``__init__.py`` are skipped so a kernel repository can keep its pytest files beside the
+    kernels.
+    """
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for sub in sorted(path.rglob("*.py")):
+                parts = sub.relative_to(path).parts
+                if any(p.startswith(".") or p == "__pycache__" for p in parts[:-1]):
+                    continue
+                if _is_kernel_file(sub):
+                    found.append(sub)
+        elif path.is_file():
+            found.append(path)
+        else:
+            fail(f"{raw}: no such file or folder")
+    seen: set[Path] = set()
+    unique = []
+    for p in found:
+        if p.resolve() not in seen:
+            seen.add(p.resolve())
+            unique.append(p)
+    return unique
+
+
+@dataclass
+class KernelFile:
+    path: Path
+    name: str
+    source: str
+    problem: Finding | None = None
+    findings: list[Finding] = field(default_factory=list)
+
+
+def read_kernel(path: Path) -> KernelFile:
+    name = path.stem
+    try:
+        source = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        return KernelFile(path, name, "", Finding("PK902", "error", f"not UTF-8: {exc}", 1, 1))
+    if not name.isidentifier():
+        message = (
+            f"the file name makes the kernel name {name!r}, which is not a Python identifier; "
+            "rename the file (e.g. word_count.py)"
+        )
+        return KernelFile(path, name, source, Finding("PK510", "error", message, 1, 1))
+    return KernelFile(path, name, source)
+
+
+def format_finding(path: Path | str, finding: Finding | LintError, source: str) -> str:
+    """``path:line:col: CODE message`` plus the faulty line with a caret."""
+    severity = getattr(finding, "severity", "error")
+    label = f"{finding.code} (warning)" if severity == "warning" else finding.code
+    head = f"{path}:{finding.line}:{finding.column}: {label} {finding.message}"
+    error = finding if isinstance(finding, LintError) else finding.to_error(source)
+    if not source:
+        return head
+    context = "\n".join("    " + line for line in error.context().splitlines())
+    return f"{head}\n{context}"
+
+
+def _progress(items: Sequence[Any], label: str) -> Any:
+    show = len(items) > PROGRESS_THRESHOLD or sys.stderr.isatty()
+    if show:
+        return click.progressbar(items, label=label, file=sys.stderr, show_pos=True)
+    return _NoProgress(items)
+
+
+class _NoProgress:
+    def __init__(self, items: Sequence[Any]) -> None:
+        self.items = items
+
+    def __enter__(self) -> Sequence[Any]:
+        return self.items
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def _policy_from(policy_file: str | None, redis_url: str | None, prefix: str) -> Policy:
+    if policy_file:
+        return Policy.from_json(Path(policy_file).read_text(encoding="utf-8"))
+    if redis_url:
+        return load_policy(_connect(redis_url), _keyspace(prefix))
+    return Policy()
+
+
+# --------------------------------------------------------------------------------------
+# lint
+# --------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print findings as JSON (for CI).")
+@click.option(
+    "--policy",
+    "policy_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Policy JSON file (see 'pyrecksc policy show --json'). Default: built-in policy.",
+)
+@click.option(
+    "--redis",
+    "redis_url",
+    metavar="URL",
+    default=None,
+    help="Check with the policy stored in this Redis (only when given; lint is offline).",
+)
+def lint(
+    paths: tuple[str, ...], as_json: bool, policy_file: str | None, redis_url: str | None
+) -> None:
+    """Check kernel files (or folders of *.py) without storing them.
+
+    Exit status 1 if any kernel has an error; warnings are shown but do not fail.
+    """
+    policy = _policy_from(policy_file, redis_url, "")
+    files = collect_files(paths)
+    if not files:
+        fail("no kernel files found (kernels are *.py files; test_*.py files are skipped)")
+    results: list[KernelFile] = []
+    for path in files:
+        kernel = read_kernel(path)
+        if kernel.problem is not None:
+            kernel.findings = [kernel.problem]
+        else:
+            kernel.findings = check(kernel.source, kernel.name, policy)
+        results.append(kernel)
+    errors = sum(1 for k in results for f in k.findings if f.is_error)
+    warnings = sum(1 for k in results for f in k.findings if not f.is_error)
+    if as_json:
+        doc = [
+            {
+                "path": str(k.path),
+                "kernel": k.name,
+                "findings": [f.to_dict() for f in k.findings],
+            }
+            for k in results
+        ]
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        for kernel in results:
+            for finding in kernel.findings:
+                click.echo(format_finding(kernel.path, finding, kernel.source))
+        click.echo(
+            f"{len(results)} kernel{'s' if len(results) != 1 else ''} checked: "
+            f"{errors} error{'s' if errors != 1 else ''}, "
+            f"{warnings} warning{'s' if warnings != 1 else ''}",
+            err=True,
+        )
+    if errors:
+        raise SystemExit(1)
+
+
+# --------------------------------------------------------------------------------------
+# compile
+# --------------------------------------------------------------------------------------
+
+
+def compile_files(
+    files: Sequence[Path], policy: Policy
+) -> tuple[list[tuple[KernelFile, CompiledKernel]], list[tuple[KernelFile, list[Any]]]]:
+    """Check and compile every file; return (compiled, rejected-with-findings)."""
+    good: list[tuple[KernelFile, CompiledKernel]] = []
+    bad: list[tuple[KernelFile, list[Any]]] = []
+    with _progress(files, "Checking kernels") as bar:
+        for path in bar:
+            kernel = read_kernel(path)
+            if kernel.problem is not None:
+                bad.append((kernel, [kernel.problem]))
+                continue
+            try:
+                good.append((kernel, compile_kernel(kernel.name, kernel.source, policy)))
+            except KernelRejected as exc:
+                bad.append((kernel, list(exc.findings)))
+    names: dict[str, Path] = {}
+    for kernel, _compiled in good:
+        if kernel.name in names:
+            fail(
+                f"two files define kernel {kernel.name!r}: {names[kernel.name]} and "
+                f"{kernel.path}; kernel names (file stems) must be unique"
+            )
+        names[kernel.name] = kernel.path
+    return good, bad
+
+
+@main.command(name="compile")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@redis_option
+@prefix_option
+@click.option("--dry-run", is_flag=True, help="Check and compile, but write nothing.")
+@click.option("--force", is_flag=True, help="Overwrite keys that hold data other than kernels.")
+@click.option(
+    "--policy",
+    "policy_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Check with this policy file instead of the policy stored in Redis.",
+)
+def compile_cmd(
+    paths: tuple[str, ...],
+    redis_url: str | None,
+    prefix: str,
+    dry_run: bool,
+    force: bool,
+    policy_file: str | None,
+) -> None:
+    """Check, compile and store kernels (all or nothing).
+
+    Each *.py file is one kernel named after the file.  If any kernel fails the checker,
+    every finding is printed and nothing is written.
+    """
+    files = collect_files(paths)
+    if not files:
+        fail("no kernel files found (kernels are *.py files; test_*.py files are skipped)")
+    r = _connect(redis_url)
+    keyspace = _keyspace(prefix)
+    policy = (
+        Policy.from_json(Path(policy_file).read_text(encoding="utf-8"))
+        if policy_file
+        else load_policy(r, keyspace)
+    )
+    good, bad = compile_files(files, policy)
+    for kernel, compiled in good:
+        for finding in compiled.warnings:
+            click.echo(format_finding(kernel.path, finding, kernel.source), err=True)
+    if bad:
+        for kernel, findings in bad:
+            for finding in findings:
+                click.echo(format_finding(kernel.path, finding, kernel.source), err=True)
+        total = sum(len(f) for _k, f in bad)
+        fail(
+            f"{len(bad)} of {len(files)} kernel{'s' if len(files) != 1 else ''} rejected "
+            f"({total} error{'s' if total != 1 else ''}); nothing was written"
+        )
+    store = KernelStore(r, keyspace)
+    previous = {kernel.name: store.get(kernel.name) for kernel, _c in good}
+    to_write: list[CompiledKernel] = []
+    statuses: dict[str, str] = {}
+    for kernel, compiled in good:
+        old = previous[kernel.name]
+        if old is None:
+            statuses[kernel.name] = "new"
+            to_write.append(compiled)
+        elif not old.needs_compile and old.digest == compiled.digest:
+            statuses[kernel.name] = "unchanged"
+        else:
+            statuses[kernel.name] = "seed-style replaced" if old.seed_style else "updated"
+            to_write.append(compiled)
+    versions: dict[str, int] = {}
+    if not dry_run and to_write:
+        written_versions = store.put_many(to_write, force=force)
+        versions = {k.name: v for k, v in zip(to_write, written_versions, strict=True)}
+    rows: list[list[str]] = []
+    for kernel, compiled in good:
+        old = previous[kernel.name]
+        version: str
+        if kernel.name in versions:
+            version = str(versions[kernel.name])
+        elif dry_run and statuses[kernel.name] != "unchanged":
+            version = f"{(old.version if old else 0) + 1} (dry run)"
+        else:
+            version = str(old.version if old else "-")
+        rows.append([kernel.name, version, compiled.digest[:12], statuses[kernel.name]])
+    click.echo(_table(rows, ["kernel", "version", "digest", "status"]))
+    written = len(versions)
+    verb = "would write" if dry_run else "wrote"
+    click.echo(
+        f"{len(good)} kernel{'s' if len(good) != 1 else ''} compiled; {verb} "
+        f"{len(to_write) if dry_run else written}, "
+        f"{sum(1 for s in statuses.values() if s == 'unchanged')} unchanged",
+        err=True,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# show, list, rm
+# --------------------------------------------------------------------------------------
+
+
+def _signature_text(record: KernelRecord) -> str:
+    parts = []
+    for p in record.signature:
+        star = {"var_positional": "*", "var_keyword": "**"}.get(p.kind, "")
+        text = f"{star}{p.name}"
+        if p.annotation:
+            text += f": {p.annotation}"
+        if p.has_default:
+            text += " = …"
+        parts.append(text)
+    return f"{record.name}({', '.join(parts)})"
+
+
+@main.command()
+@click.argument("name")
+@redis_option
+@prefix_option
+@click.option("--source", "source_only", is_flag=True, help="Print only the source.")
+@click.option("--dis", "disassemble", is_flag=True, help="Also disassemble the stored bytecode.")
+def show(
+    name: str, redis_url: str | None, prefix: str, source_only: bool, disassemble: bool
+) -> None:
+    """Show a stored kernel: metadata, signature, lint warnings and source."""
+    store = KernelStore(_connect(redis_url), _keyspace(prefix))
+    record = store.require(name)
+    if source_only:
+        click.echo(record.source, nl=not record.source.endswith("\n"))
+        return
+    if record.seed_style:
+        state = "no (seed-style string; the VM compiles it on first use)"
+    elif not record.compiled:
+        state = "no (the VM compiles it on first use)"
+    elif record.needs_compile:
+        state = "stale (source edited or other Python; recompiled on next use)"
+    else:
+        state = "yes"
+    magic = record.magic or "-"
+    if record.magic and record.magic != MAGIC:
+        magic += f" (this Python: {MAGIC})"
+    rows = [
+        ("kernel", record.name),
+        ("key", record.key),
+        ("version", str(record.version) if record.version else "-"),
+        ("compiled", state),
+        ("digest", record.digest),
+        ("magic", magic),
+        ("updated", _when(record.updated)),
+        ("signature", _signature_text(record) if record.signature else "-"),
+        ("timeout", f"{record.timeout:g}s" if record.timeout else "policy default"),
+        ("retries", str(record.retries) if record.retries is not None else "policy default"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        click.echo(f"{key.ljust(width)}  {value}")
+    for finding in record.lint:
+        click.echo(f"lint{' ' * (width - 4)}  {finding.line}:{finding.column}: "
+                   f"{finding.code} ({finding.severity}) {finding.message}")
+    click.echo("\n--- source ---")
+    click.echo(record.source, nl=not record.source.endswith("\n"))
+    if disassemble:
+        code = record.code()
+        if code is None:
+            click.echo("\n--- no bytecode for this Python (compile it with 'pyrecksc compile') ---")
+            return
+        out = io.StringIO()
+        dis.dis(code, file=out)
+        click.echo("\n--- bytecode ---")
+        click.echo(out.getvalue(), nl=False)
+
+
+@main.command(name="list")
+@redis_option
+@prefix_option
+def list_cmd(redis_url: str | None, prefix: str) -> None:
+    """List stored kernels (seed-style strings appear once the VM first runs them)."""
+    store = KernelStore(_connect(redis_url), _keyspace(prefix))
+    summaries = store.summaries()
+    if not summaries:
+        click.echo("no kernels stored yet; install some with 'pyrecksc compile kernels/'", err=True)
+        return
+    rows = [
+        [
+            s["name"],
+            str(s["version"] or "-"),
+            "yes" if s["compiled"] else "no",
+            s["digest"][:12] or "-",
+            _when(s["updated"]),
+        ]
+        for s in summaries
+    ]
+    click.echo(_table(rows, ["kernel", "version", "compiled", "digest", "updated"]))
+
+
+@main.command()
+@click.argument("names", nargs=-1, required=True)
+@redis_option
+@prefix_option
+def rm(names: tuple[str, ...], redis_url: str | None, prefix: str) -> None:
+    """Delete kernels (refuses keys that hold anything but a kernel)."""
+    store = KernelStore(_connect(redis_url), _keyspace(prefix))
+    for name in names:
+        store.remove(name)
+        click.echo(f"removed {name}")
+
+
+# --------------------------------------------------------------------------------------
+# policy
+# --------------------------------------------------------------------------------------
+
+
+@main.group()
+def policy() -> None:
+    """Show or change the sandbox policy stored in Redis (shared by the checker and VMs)."""
+
+
+@policy.command(name="show")
+@redis_option
+@click.option("--json", "as_json", is_flag=True, help="Print the policy as a JSON document.")
+@click.option("--default", "default", is_flag=True, help="Show the built-in default policy.")
+def policy_show(redis_url: str | None, as_json: bool, default: bool) -> None:
+    """Print the policy every VM and 'pyrecksc compile' use."""
+    current = Policy() if default else load_policy(_connect(redis_url), Keyspace())
+    if as_json:
+        click.echo(current.to_json())
+        return
+    click.echo(f"allowed modules:      {', '.join(sorted(current.allowed_modules))}")
+    click.echo(f"forbidden builtins:   {', '.join(sorted(current.forbidden_builtins))}")
+    click.echo(f"forbidden attributes: {', '.join(sorted(current.forbidden_attributes))}")
+    click.echo(f"default timeout:      {current.default_timeout:g}s "
+               f"(kernels may ask up to {current.max_timeout:g}s)")
+    click.echo(f"default retries:      {current.default_retries} "
+               f"(kernels may ask up to {current.max_retries})")
+    patterns = ", ".join(current.effect_key_patterns) or "any key not owned by pyrecks/kernels"
+    click.echo(f"effect keys:          {patterns}")
+    click.echo(f"nondeterminism:       {'warn' if current.warn_nondeterminism else 'ignore'}")
+
+
+@policy.command(name="set")
+@redis_option
+@click.option("--allow-module", multiple=True, metavar="MODULE", help="Add to the allow-list.")
+@click.option("--disallow-module", multiple=True, metavar="MODULE", help="Remove from it.")
+@click.option("--forbid-builtin", multiple=True, metavar="NAME")
+@click.option("--allow-builtin", multiple=True, metavar="NAME")
+@click.option("--timeout", "default_timeout", type=float, help="Default kernel time limit (s).")
+@click.option("--max-timeout", type=float, help="Largest PYRECKS_TIMEOUT a kernel may set.")
+@click.option("--retries", "default_retries", type=int, help="Default retries of a failed step.")
+@click.option(
+    "--effect-keys",
+    multiple=True,
+    metavar="GLOB",
+    help="Glob patterns effect keys must match (repeat; '' clears the list).",
+)
+@click.option(
+    "--from-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Replace the whole policy with this JSON file.",
+)
+def policy_set(
+    redis_url: str | None,
+    allow_module: tuple[str, ...],
+    disallow_module: tuple[str, ...],
+    forbid_builtin: tuple[str, ...],
+    allow_builtin: tuple[str, ...],
+    default_timeout: float | None,
+    max_timeout: float | None,
+    default_retries: int | None,
+    effect_keys: tuple[str, ...],
+    from_file: str | None,
+) -> None:
+    """Change the stored policy; running VMs pick it up when they reload it."""
+    r = _connect(redis_url)
+    current = (
+        Policy.from_json(Path(from_file).read_text(encoding="utf-8"))
+        if from_file
+        else load_policy(r, Keyspace())
+    )
+    changes: dict[str, Any] = {}
+    if allow_module or disallow_module:
+        changes["allowed_modules"] = sorted(
+            (current.allowed_modules | set(allow_module)) - set(disallow_module)
+        )
+    if forbid_builtin or allow_builtin:
+        changes["forbidden_builtins"] = sorted(
+            (current.forbidden_builtins | set(forbid_builtin)) - set(allow_builtin)
+        )
+    if default_timeout is not None:
+        changes["default_timeout"] = default_timeout
+    if max_timeout is not None:
+        changes["max_timeout"] = max_timeout
+    if default_retries is not None:
+        changes["default_retries"] = default_retries
+    if effect_keys:
+        changes["effect_key_patterns"] = [p for p in effect_keys if p]
+    try:
+        updated = current.with_changes(**changes)
+    except PyrecksError as exc:
+        fail(str(exc))
+        return
+    save_policy(r, Keyspace(), updated)
+    click.echo("policy saved; recompile kernels ('pyrecksc compile') to re-check them", err=True)
+
+
+@policy.command(name="reset")
+@redis_option
+def policy_reset(redis_url: str | None) -> None:
+    """Go back to the built-in default policy."""
+    r = _connect(redis_url)
+    r.delete(Keyspace().policy)
+    click.echo("policy reset to the built-in defaults", err=True)

@@ -1132,6 +1132,24 @@ class KernelChecker(ast.NodeVisitor):
         self._assignment_targets(node.targets, node)
         self.generic_visit(node)
 
+    def visit_Expr(self, node: ast.Expr) -> None:
+        """PK901: ``print >>f, x`` is valid Python 3 syntax (a shift and a tuple) but Python 2."""
+        value = node.value
+        first = value.elts[0] if isinstance(value, ast.Tuple) and value.elts else value
+        if (
+            isinstance(first, ast.BinOp)
+            and isinstance(first.op, ast.RShift)
+            and isinstance(first.left, ast.Name)
+            and first.left.id == "print"
+        ):
+            self.error(
+                "PK901",
+                node,
+                "Python 2 'print >>f, x' statement: kernels write output with print(x) (it goes "
+                "to the chain log) and may not write to files",
+            )
+        self.generic_visit(node)
+
     def visit_Global(self, node: ast.Global) -> None:
         self._global(node, "global")
 
