@@ -86,7 +86,7 @@ class Pyrecks:
         return cid
 
     def status(self, chain_id: str) -> ChainInfo:
-        data = self.r.hgetall(self.keyspace.chain(chain_id))
+        data: Any = self.r.hgetall(self.keyspace.chain(chain_id))
         if not data:
             raise ChainNotFound(
                 f"no chain {chain_id!r} (it never existed, or its record expired); "
@@ -117,8 +117,9 @@ class Pyrecks:
         key = self.keyspace.log(chain_id)
         last = after
         while True:
+            entries: Any
             if follow:
-                got = self.r.xread({key: last}, count=500, block=block_ms)
+                got: Any = self.r.xread({key: last}, count=500, block=block_ms)
                 entries = got[0][1] if got else []
             else:
                 entries = self.r.xrange(key, min=f"({last}" if last != "0-0" else "-")
@@ -130,7 +131,8 @@ class Pyrecks:
                 return
             if not entries and self.status(chain_id).status.finished:
                 # Drain what landed between the read and the status check, then stop.
-                for entry_id, fields in self.r.xrange(key, min=f"({last}"):
+                tail: Any = self.r.xrange(key, min=f"({last}")
+                for entry_id, fields in tail:
                     yield LogEntry.from_stream(entry_id, fields)
                 return
 
@@ -160,7 +162,7 @@ class Pyrecks:
                     f"chain {chain_id} is still {info.status.value} after {timeout}s"
                 )
             block = 1000 if left is None else max(1, min(1000, int(left * 1000)))
-            got = self.r.xread({key: last}, count=500, block=0 if info.status.finished else block)
+            got: Any = self.r.xread({key: last}, count=500, block=0 if info.status.finished else block)
             for _key, entries in got or []:
                 for entry_id, fields in entries:
                     entry = LogEntry.from_stream(entry_id, fields)
@@ -186,7 +188,8 @@ class Pyrecks:
 
     def chains(self, status: str | None = None, limit: int = 50) -> list[ChainInfo]:
         """The most recent chains (newest first), optionally only those with ``status``."""
-        ids = [i.decode() for i in self.r.zrevrange(self.keyspace.chains, 0, -1)]
+        raw_ids: Any = self.r.zrevrange(self.keyspace.chains, 0, -1)
+        ids = [i.decode() for i in raw_ids]
         out: list[ChainInfo] = []
         stale: list[str] = []
         for start in range(0, len(ids), 200):

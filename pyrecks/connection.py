@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -115,13 +116,12 @@ def _wait_until_ready(client: redis.Redis, server: EmbeddedServer) -> None:
         ) from exc
 
 
-def connect(url: str | None = None, **kwargs: object) -> redis.Redis:
+def connect(url: str | None = None, **kwargs: Any) -> redis.Redis:
     """A redis-py client for ``url`` (see :func:`resolve_url`); starts the embedded server."""
     target = resolve_url(url)
     if target.startswith(f"{EMBEDDED_SCHEME}://"):
         target = EmbeddedServer().start()
-    client = redis.Redis.from_url(target, **kwargs)  # type: ignore[arg-type]
-    return client
+    return redis.Redis.from_url(target, **kwargs)
 
 
 def describe(url: str | None) -> str:

@@ -94,7 +94,7 @@ class KernelLoader:
 
     def _fields(self, name: str, payload: Any) -> dict[str, bytes]:
         if payload is None:
-            raw = self.store.r.hgetall(self.store.keyspace.kernel(name))
+            raw: Any = self.store.r.hgetall(self.store.keyspace.kernel(name))
             return {_text(k): v for k, v in raw.items()}
         items = list(payload)
         return {_text(items[i]): items[i + 1] for i in range(0, len(items), 2)}

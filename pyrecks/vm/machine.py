@@ -224,6 +224,7 @@ class VM:
             free = 1
             while self._idle.acquire(blocking=False):
                 free += 1
+            got: Any
             try:
                 got = self.r.xreadgroup(
                     GROUP,
