@@ -162,7 +162,9 @@ class Pyrecks:
                     f"chain {chain_id} is still {info.status.value} after {timeout}s"
                 )
             block = 1000 if left is None else max(1, min(1000, int(left * 1000)))
-            got: Any = self.r.xread({key: last}, count=500, block=0 if info.status.finished else block)
+            # A finished chain: read what is left without blocking (block=0 would wait forever).
+            wait_ms = None if info.status.finished else block
+            got: Any = self.r.xread({key: last}, count=500, block=wait_ms)
             for _key, entries in got or []:
                 for entry_id, fields in entries:
                     entry = LogEntry.from_stream(entry_id, fields)

@@ -549,7 +549,7 @@ class VM:
         if isinstance(then, Call):
             text = render_call(then)
             fields += ["call", text]
-            logs.insert(0, self._log_entry(run, "step", kernel.name, f"-> {text}", now))
+            logs.append(self._log_entry(run, "step", kernel.name, f"-> {text}", now))
         elif isinstance(then, FanOut):
             text = render(Transition(then))
             branches = [
@@ -576,7 +576,7 @@ class VM:
                 "parent": run.id,
                 "starts": ks.starts,
             }
-            logs.insert(0, self._log_entry(run, "fanout", kernel.name, text, now))
+            logs.append(self._log_entry(run, "fanout", kernel.name, text, now))
         else:
             result = render_value(then.value) if isinstance(then, Finish) else ""
             fields += ["call", "", "status", "done", "owner", "", "finished", now, "result", result]
@@ -591,7 +591,7 @@ class VM:
                 }
             payload["done"] = done
             ended = f"result {result}" if isinstance(then, Finish) else "halted"
-            logs.insert(0, self._log_entry(run, "step", kernel.name, "-> end", now))
+            logs.append(self._log_entry(run, "step", kernel.name, "-> end", now))
             logs.append(self._log_entry(run, "end", kernel.name, f"done: {ended}", now))
         payload["fields"] = fields
         payload["logs"] = logs
