@@ -174,8 +174,12 @@ class Pyrecks:
             if info.status.finished and not got:
                 return info
 
-    def cancel(self, chain_id: str) -> str:
-        """Cancel a chain (and its fan-out branches); returns the resulting status."""
+    def cancel(self, chain_id: str) -> bool:
+        """Cancel a chain and its fan-out branches.
+
+        Returns True if this call cancelled it, False if it had already ended.  A step that
+        is running finishes, but its commit is refused: nothing of it lands.
+        """
         ks = self.keyspace
         info = self.status(chain_id)
         branches = int(info.raw.get("branches") or 0)
@@ -186,7 +190,10 @@ class Pyrecks:
             keys=[ks.chain(chain_id), ks.log(chain_id)],
             args=[repr(time.time()), "cancelled by user", str(7 * 24 * 3600), "10000"],
         )
-        return got.decode() if isinstance(got, bytes) else str(got)
+        outcome = got.decode() if isinstance(got, bytes) else str(got)
+        if outcome == "missing":
+            raise ChainNotFound(f"no chain {chain_id!r}")
+        return outcome == "ok"
 
     def chains(self, status: str | None = None, limit: int = 50) -> list[ChainInfo]:
         """The most recent chains (newest first), optionally only those with ``status``."""

@@ -19,6 +19,15 @@ from pyrecks.errors import PyrecksError, SourceError
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _remember_url(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    # Kept on the root context so the group's error handler can say where it tried.
+    ctx.find_root().meta[_URL_KEY] = value
+    return value
+
+
+_URL_KEY = "pyrecks.redis_url"
+
+
 def redis_option(func: F) -> F:
     """``--redis URL`` (env ``REDIS_URL``; default: the embedded Redis)."""
     return click.option(
@@ -26,6 +35,7 @@ def redis_option(func: F) -> F:
         "redis_url",
         metavar="URL",
         default=None,
+        callback=_remember_url,
         help="Redis URL (redis://, rediss://, unix://). Default: $REDIS_URL, "
         "else the embedded Redis in $PYRECKS_HOME (~/.pyrecks).",
     )(func)
@@ -50,12 +60,11 @@ class PyrecksGroup(click.Group):
         except PyrecksError as exc:
             fail(str(exc))
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            url = (ctx.params or {}).get("redis_url")
+            url = ctx.meta.get(_URL_KEY)
             sub = ctx.invoked_subcommand
             fail(
                 f"cannot reach Redis at {describe(url)}: {exc}. Is the server running? "
-                "Pass --redis URL or set REDIS_URL."
-                + (f" (while running '{sub}')" if sub else "")
+                "Pass --redis URL or set REDIS_URL." + (f" (while running '{sub}')" if sub else "")
             )
         except redis.AuthenticationError as exc:
             fail(f"Redis refused the credentials: {exc}. Put user:password in the URL.")

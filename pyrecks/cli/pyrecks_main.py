@@ -197,11 +197,11 @@ def ls_cmd(status_filter: str | None, limit: int, as_json: bool, redis_url: str 
 @redis_option
 def cancel(chain_id: str, redis_url: str | None) -> None:
     """Cancel a queued, running or waiting chain (its current step finishes, then it stops)."""
-    result = _px(redis_url).cancel(chain_id)
-    if result == "cancelled":
+    px = _px(redis_url)
+    if px.cancel(chain_id):
         click.echo(f"chain {chain_id} cancelled")
     else:
-        fail(f"chain {chain_id} is already {result}; nothing to cancel")
+        fail(f"chain {chain_id} is already {px.status(chain_id).status.value}; nothing to cancel")
 
 
 @main.group()

@@ -214,7 +214,7 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'kind', 'end', 'step',
            'ts', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-return 'cancelled'
+return 'ok'
 """
 
 

@@ -1,0 +1,158 @@
+"""The ``pyrecks`` command as a user types it (real subprocesses, real Redis)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+from pyrecks.api import Pyrecks
+from pyrecks.connection import EmbeddedServer
+from pyrecks.vm.records import ChainStatus
+from tests.vm_helpers import raw_kernel
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pyrecks(
+    *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pyrecks", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def seeded(r: redis.Redis) -> redis.Redis:
+    raw_kernel(r, "start", "def start():\n    return 'func0(\"start ...\")'\n")
+    raw_kernel(r, "func0", "def func0(x):\n    print('func0 got %s' % x)\n    return ''\n")
+    raw_kernel(r, "boom", "def boom():\n    return 1 // 0\n")
+    return r
+
+
+def test_run_local_runs_the_chain_here_shows_output_and_exits_0(
+    seeded: redis.Redis, redis_url: str
+) -> None:
+    done = pyrecks("run", "start", "--local", "--redis", redis_url)
+    assert done.returncode == 0, done.stderr
+    assert "func0 got start ..." in done.stdout
+    assert "status   done" in done.stdout
+
+
+def test_run_local_of_a_failing_chain_exits_1_with_the_reason(
+    seeded: redis.Redis, redis_url: str
+) -> None:
+    failed = pyrecks("run", "boom", "--local", "--json", "--redis", redis_url)
+    assert failed.returncode == 1
+    record = json.loads(failed.stdout)
+    assert record["status"] == "failed"
+    assert record["error_kind"] == "kernel_error"
+    assert "ZeroDivisionError" in record["traceback"]
+
+
+def test_run_prints_the_id_at_once_and_status_ls_logs_cancel_work(
+    seeded: redis.Redis, redis_url: str
+) -> None:
+    started = pyrecks("run", "func0('queued')", "--redis", redis_url)
+    assert started.returncode == 0, started.stderr
+    chain = started.stdout.strip()
+    status = pyrecks("status", chain, "--json", "--redis", redis_url)
+    assert json.loads(status.stdout)["status"] == "queued"
+    listed = pyrecks("ls", "--status", "queued", "--redis", redis_url)
+    assert chain in listed.stdout
+    cancelled = pyrecks("cancel", chain, "--redis", redis_url)
+    assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
+    again = pyrecks("cancel", chain, "--redis", redis_url)
+    assert again.returncode == 1 and "already cancelled" in again.stderr
+    logs = pyrecks("logs", chain, "--redis", redis_url)
+    assert "cancelled by user" in logs.stdout
+
+
+def test_logs_show_each_step_and_every_printed_line(seeded: redis.Redis, redis_url: str) -> None:
+    px = Pyrecks(seeded)
+    chain = px.start("start")
+    with px.local_vm(echo=False):
+        px.wait(chain, timeout=30)
+    out = pyrecks("logs", chain, "--redis", redis_url).stdout
+    assert 'step: -> func0("start ...")' in out
+    assert "func0 got start ..." in out
+
+
+def test_unknown_chain_and_unreachable_redis_give_clear_errors(redis_url: str) -> None:
+    unknown = pyrecks("status", "nope", "--redis", redis_url)
+    assert unknown.returncode == 1
+    assert "no chain 'nope'" in unknown.stderr
+    down = pyrecks("ls", "--redis", "redis://127.0.0.1:1/0")
+    assert down.returncode == 1
+    assert "cannot reach Redis at redis://127.0.0.1:1/0" in down.stderr
+    assert "Traceback" not in down.stderr
+
+
+def test_bad_start_call_is_refused_with_the_caret(redis_url: str) -> None:
+    bad = pyrecks("run", "func0(unquoted", "--redis", redis_url)
+    assert bad.returncode == 1
+    assert "^" in bad.stderr
+
+
+def test_any_redis_client_starts_a_chain_with_xadd_and_duplicate_ids_start_one(
+    seeded: redis.Redis,
+) -> None:
+    px = Pyrecks(seeded)
+    # What `redis-cli XADD pyrecks:starts * call 'func0("from cli")' id job-1` sends.
+    seeded.xadd("pyrecks:starts", {"call": "func0(oops"})
+    seeded.xadd("pyrecks:starts", {"call": 'func0("from cli")', "id": "job-1"})
+    seeded.xadd("pyrecks:starts", {"call": 'func0("from cli")', "id": "job-1"})
+    # One worker takes the entries in order; the log stream wakes us when job-1 ends.
+    with px.local_vm(echo=False, threads=1):
+        for entry in px.logs("job-1", follow=True):
+            if entry.kind == "end":
+                break
+        info = px.wait("job-1", timeout=30)
+    assert info.status is ChainStatus.DONE
+    assert info.step == 1
+    printed = [e.text for e in px.logs("job-1") if e.kind == "out"]
+    assert printed == ["func0 got from cli"]  # ran once despite two submissions
+    failed = px.chains(status="failed")
+    assert len(failed) == 1
+    assert failed[0].error_kind == "bad_call"
+    assert "func0(oops" in (failed[0].call or "")
+
+
+def test_demo_runs_on_the_embedded_redis_with_nothing_else_running(tmp_path: Path) -> None:
+    env = {"PYRECKS_HOME": str(tmp_path / "home")}
+    env_clean = {k: v for k, v in os.environ.items() if k != "REDIS_URL"} | env
+    try:
+        demo = subprocess.run(
+            [sys.executable, "-m", "pyrecks", "demo"],
+            capture_output=True,
+            text=True,
+            env=env_clean,
+            cwd=ROOT,
+            timeout=120,
+        )
+        assert demo.returncode == 0, demo.stderr
+        assert "func2 says say hi to func2 with" in demo.stdout
+        assert "done after 4 steps" in demo.stdout
+        assert '"words": 15' in demo.stdout
+        # A later command sees the same data in the embedded server.
+        listed = subprocess.run(
+            [sys.executable, "-m", "pyrecks", "ls", "--status", "done"],
+            capture_output=True,
+            text=True,
+            env=env_clean,
+            cwd=ROOT,
+            timeout=60,
+        )
+        assert listed.stdout.count(" done ") == 2
+    finally:
+        EmbeddedServer(tmp_path / "home").stop()
