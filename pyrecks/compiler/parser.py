@@ -538,8 +538,12 @@ class _Advisor:
         expected = self.expected(names)
         at_end = tok.type == "$END"
         pos = len(text.rstrip()) if at_end else (tok.start_pos or 0)
-        msg = self._advice(tok, names, text, pos, at_end)
-        if msg is None:
+        advice = self._advice(tok, names, text, pos, at_end)
+        if isinstance(advice, tuple):
+            msg, pos = advice
+        elif advice is not None:
+            msg = advice
+        else:
             what = "end of text" if at_end else self._describe(tok)
             msg = f"unexpected {what}; expected {_words_text(expected)}"
         line, col = _line_col(text, pos)
@@ -573,8 +577,11 @@ class _Advisor:
         return self.words.get(tok.type, repr(str(tok)))
 
     def _advice(self, tok: Token, names: frozenset[str], text: str, pos: int,
-                at_end: bool) -> str | None:
-        """A specific message for a well-known mistake, or None for the generic one."""
+                at_end: bool) -> str | tuple[str, int] | None:
+        """A specific message for a well-known mistake, or None for the generic one.
+
+        A (message, position) pair moves the caret, e.g. to the start of a second call.
+        """
         end = tok.end_pos if tok.end_pos is not None else pos
         rest = text[end:].lstrip()
         nxt = rest[:1]
@@ -587,6 +594,8 @@ class _Advisor:
                 return msg
             if at_end and "'->'" in self.expected(names):
                 return "a fan-out needs a join: [f(...), g(...)] -> join_kernel(...)"
+            if at_end and before == "return":
+                return "'return' needs a value: return <value> (return None for no result)"
             if at_end and names & {"LPAR", "LSQB"} and before and start_of_word(before):
                 word = before.split()[-1]
                 return (f"a bare name is not a return string: to call kernel {word!r} write "
@@ -624,7 +633,7 @@ class _Advisor:
                         "[(arg, ...), ...]")
             return ("only one call per return string: to run several kernels use a fan-out "
                     "[f(...), g(...)] -> join(...); after a call only effect clauses "
-                    "COMMAND [...] may follow")
+                    "COMMAND [...] may follow", len(before) - len(word))
         if tok.type == "RETURN" and not start_of_text:
             return "'return' can only start the return string: return <value>"
         if (tok.type in _VALUE_START or tok.type == "NAME") and names & {"COMMA"} and \
@@ -640,7 +649,7 @@ class _Advisor:
 
 def start_of_word(before: str) -> bool:
     """True when ``before`` is exactly one bare identifier (a lone word like ``hello``)."""
-    return before.isidentifier()
+    return before.isidentifier() and not keyword.iskeyword(before)
 
 
 def _error(text: str, line: int, column: int, message: str,
@@ -761,13 +770,13 @@ class _Engine:
         return self.parse_uncached(text)
 
     def parse_uncached(self, text: str) -> Transition:
+        self.check_length(text)
         fast = _fast_parse(text, self.limits)
         if fast is not None:
             return fast
         return self.run(text, "start")
 
-    def run(self, text: str, start: str) -> Any:
-        """Parse with Lark; every failure becomes a ReturnStringError."""
+    def check_length(self, text: str) -> None:
         if len(text) > self.limits.max_length:
             line, col = _line_col(text, self.limits.max_length)
             raise _error(
@@ -776,6 +785,10 @@ class _Engine:
                 f"{self.limits.max_length:,} (Limits.max_length); store big values under a "
                 "key (with a SET effect) and pass \"@key\" instead",
             )
+
+    def run(self, text: str, start: str) -> Any:
+        """Parse with Lark; every failure becomes a ReturnStringError."""
+        self.check_length(text)
         if start == "start" and not text.strip():
             return HALT
         try:
