@@ -47,6 +47,7 @@ class LoadedKernel:
     params: tuple[Param, ...]
     timeout: float | None
     retries: int | None
+    source: str = ""
 
 
 def _text(value: Any) -> str:
@@ -170,7 +171,7 @@ class KernelLoader:
         filename = code.co_filename
         lines = source.splitlines(keepends=True)
         linecache.cache[filename] = (len(source), None, lines, filename)
-        kernel = LoadedKernel(name, digest, entry, params, timeout, retries)
+        kernel = LoadedKernel(name, digest, entry, params, timeout, retries, source)
         with self._lock:
             self._by_digest[digest] = kernel
             self._digest_of[name] = digest

@@ -24,7 +24,6 @@ import socket
 import sys
 import threading
 import time
-import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,10 +47,11 @@ from pyrecks.errors import KernelNotFound, KernelRejected, PyrecksError, ReturnS
 from pyrecks.keys import Keyspace
 from pyrecks.vm.convert import ArgumentError, RedisValue, convert
 from pyrecks.vm.effects import KEY_TYPES, EffectRejected, check_patterns, encode_effect
+from pyrecks.vm.executors import KernelExecutor, ThreadExecutor
+from pyrecks.vm.failures import StepFailure
 from pyrecks.vm.loader import KernelLoader, LoadedKernel
-from pyrecks.vm.sandbox import KernelTimeout, OutputBuffer, Sandbox, set_current_output
+from pyrecks.vm.sandbox import OutputBuffer, Sandbox
 from pyrecks.vm.scripts import Scripts, pack
-from pyrecks.vm.watchdog import Watchdog
 
 log = logging.getLogger("pyrecks.vm")
 
@@ -74,15 +74,6 @@ class VMConfig:
     block_ms: int = 500
     timeout_grace: float = 2.0
     echo_to: Callable[[str], None] | None = None
-
-
-class StepFailure(PyrecksError):
-    """A step could not complete; ``kind`` goes into the chain record's ``error_kind``."""
-
-    def __init__(self, kind: str, message: str, tb: str = "") -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.tb = tb
 
 
 @dataclass
@@ -108,17 +99,6 @@ def _now() -> str:
     return repr(time.time())
 
 
-def kernel_traceback(exc: BaseException) -> str:
-    """The traceback limited to kernel frames (``<kernel NAME>`` files), kernel line numbers."""
-    frames = [
-        f for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith("<kernel")
-    ]
-    lines = ["Traceback (most recent call last):\n"]
-    lines += traceback.format_list(frames)
-    lines += traceback.format_exception_only(type(exc), exc)
-    return "".join(lines)
-
-
 class VM:
     """A pool of worker threads executing chains from the starts stream."""
 
@@ -128,6 +108,7 @@ class VM:
         keyspace: Keyspace | None = None,
         config: VMConfig | None = None,
         policy: Policy | None = None,
+        executor: KernelExecutor | None = None,
     ) -> None:
         self.r = r
         self.keyspace = keyspace or Keyspace()
@@ -140,7 +121,7 @@ class VM:
             self.policy.forbidden_attributes,
         )
         self.loader = KernelLoader(KernelStore(r, self.keyspace), self.policy, self.sandbox)
-        self.watchdog = Watchdog(grace=self.config.timeout_grace)
+        self.executor: KernelExecutor = executor or ThreadExecutor(self.config.timeout_grace)
         self._work: queue.Queue[tuple[str, dict[str, str]] | None] = queue.Queue()
         self._idle = threading.Semaphore(0)
         self._stopping = threading.Event()
@@ -174,7 +155,7 @@ class VM:
         for t in list(self._threads):
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             t.join(left)
-        self.watchdog.stop()
+        self.executor.close()
         self._stopped.set()
 
     def run_forever(self) -> None:
@@ -465,53 +446,19 @@ class VM:
         me = threading.current_thread()
 
         def abandon() -> None:
-            # Called by the watchdog when the kernel ignored its timeout: give the thread up.
+            # The kernel ignored its time limit: give its thread up, fail the chain, and
+            # start a replacement worker so the VM keeps its capacity.
             run.abandoned = True
             me.abandoned = True  # type: ignore[attr-defined]
-            self._fail(
-                run,
-                StepFailure(
-                    "timeout",
-                    f"kernel {kernel.name} exceeded its time limit of {limit:g}s and did not "
-                    "stop; its thread was abandoned",
-                ),
+            message = (
+                f"kernel {kernel.name} exceeded its time limit of {limit:g}s and did not "
+                "stop; its thread was abandoned"
             )
+            self._fail(run, StepFailure("timeout", message))
             self._ack(run.entry_id)
             self._spawn_worker()
 
-        set_current_output(output)
-        deadline = self.watchdog.arm(limit, abandon)
-        timed_out = False
-        try:
-            try:
-                return kernel.entry(*args)
-            finally:
-                self._disarm(deadline)
-                set_current_output(None)
-        except KernelTimeout:
-            timed_out = True
-        except Exception as exc:
-            raise StepFailure(
-                "kernel_error",
-                f"kernel {kernel.name} raised {type(exc).__name__}: {exc}",
-                kernel_traceback(exc),
-            ) from None
-        finally:
-            self._disarm(deadline)
-        if timed_out and not run.abandoned:
-            raise StepFailure(
-                "timeout", f"kernel {kernel.name} exceeded its time limit of {limit:g}s"
-            )
-        return None
-
-    def _disarm(self, deadline: Any) -> None:
-        # A KernelTimeout may land while we disarm; disarming is idempotent, so retry.
-        while True:
-            try:
-                self.watchdog.disarm(deadline)
-                return
-            except KernelTimeout:
-                continue
+        return self.executor.execute(kernel, args, output, limit, abandon)
 
     # -- committing ------------------------------------------------------------------------
 
