@@ -1,0 +1,1 @@
+"""Benchmarks: each ``bench_*.py`` is one command that prints a table (or ``--json``)."""
