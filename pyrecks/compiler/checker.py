@@ -343,8 +343,11 @@ def _import(dotted: str) -> Any:
     return _module_cache[dotted]
 
 
-def _bound_names(body: Iterable[ast.AST]) -> set[str]:
-    """Names bound directly in a scope (not inside nested functions, classes or lambdas)."""
+def _bound_names(body: Iterable[ast.AST], imports: set[str] | None = None) -> set[str]:
+    """Names bound directly in a scope (not inside nested functions, classes or lambdas).
+
+    ``imports``, if given, receives the subset bound by import statements.
+    """
     names: set[str] = set()
     stack: list[ast.AST] = list(body)
     while stack:
@@ -359,6 +362,8 @@ def _bound_names(body: Iterable[ast.AST]) -> set[str]:
         elif isinstance(node, ast.alias):
             if node.name != "*":
                 names.add(node.asname or node.name.split(".")[0])
+                if imports is not None:
+                    imports.add(node.asname or node.name.split(".")[0])
         elif isinstance(node, ast.ExceptHandler | ast.MatchAs | ast.MatchStar) and node.name:
             names.add(node.name)
         elif isinstance(node, ast.MatchMapping) and node.rest:
@@ -454,8 +459,10 @@ def _fill(pieces: list[tuple[str, bool | None]]) -> str:
 
 @dataclass
 class _Scope:
+    """Names bound in one function (or class) body, and which of them come from imports."""
+
     names: set[str]
-    node: ast.AST | None = None
+    imports: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -530,19 +537,9 @@ class KernelChecker(ast.NodeVisitor):
         """An import alias rebound by a function's own assignment or parameter."""
         for scope in reversed(self.scopes):
             if name in scope.names:
-                return not self._scope_imports(scope, name)
+                return name not in scope.imports
         return False
 
-    @staticmethod
-    def _scope_imports(scope: _Scope, name: str) -> bool:
-        if scope.node is None:
-            return False
-        for node in _walk_no_nested(getattr(scope.node, "body", [])):
-            if isinstance(node, ast.Import | ast.ImportFrom) and any(
-                (a.asname or a.name.split(".")[0]) == name for a in node.names
-            ):
-                return True
-        return False
 
     def _value_of(self, dotted: str) -> Any:
         """The object a dotted import path names, imported here, or ``_MISSING``."""
@@ -860,7 +857,9 @@ class KernelChecker(ast.NodeVisitor):
                 f"'{name}' reaches interpreter internals and is forbidden in kernels; "
                 "use ordinary names, and imports from the allow-list",
             )
-        dotted = self.aliases.get(name) if not self._shadowed(name) else None
+        dotted = self.aliases.get(name)
+        if dotted is not None and self._shadowed(name):
+            dotted = None
         if (
             dotted in ("operator.attrgetter", "operator.methodcaller")
             and isinstance(node.ctx, ast.Load)
@@ -1170,8 +1169,9 @@ class KernelChecker(ast.NodeVisitor):
     def _visit_function(self, node: ast.FunctionDef | ast.Lambda) -> None:
         names = _arg_names(node.args)
         body = node.body if isinstance(node, ast.FunctionDef) else [node.body]
-        names |= _bound_names(body)
-        self.scopes.append(_Scope(names, node if isinstance(node, ast.FunctionDef) else None))
+        imports: set[str] = set()
+        names |= _bound_names(body, imports)
+        self.scopes.append(_Scope(names, frozenset(imports)))
         self.state.functions.append(node)
         saved = (self.state.finally_depth, self.state.loop_in_finally)
         self.state.finally_depth = self.state.loop_in_finally = 0
@@ -1251,7 +1251,7 @@ class KernelChecker(ast.NodeVisitor):
                     "create it in __init__ or use a tuple/frozenset",
                 )
         self.state.in_class += 1
-        self.scopes.append(_Scope(_bound_names(node.body), None))
+        self.scopes.append(_Scope(_bound_names(node.body)))
         try:
             self.generic_visit(node)
         finally:
