@@ -136,15 +136,46 @@ def run(
     show_default=True,
     help="Seconds finished chain records and logs are kept.",
 )
+@click.option(
+    "--isolation",
+    type=click.Choice(["thread", "process"]),
+    default="thread",
+    show_default=True,
+    help="process: run kernels in worker processes with hard time and memory limits "
+    "(see docs/isolation.md).",
+)
+@click.option(
+    "--memory-limit",
+    "memory_limit",
+    type=click.IntRange(min=1),
+    default=512,
+    show_default=True,
+    metavar="MB",
+    help="With --isolation process: memory a kernel may allocate per worker process.",
+)
 @redis_option
-def vm(threads: int, name: str | None, quiet: bool, retention: int, redis_url: str | None) -> None:
+def vm(
+    threads: int,
+    name: str | None,
+    quiet: bool,
+    retention: int,
+    isolation: str,
+    memory_limit: int,
+    redis_url: str | None,
+) -> None:
     """Run a VM until Ctrl-C (which drains: running chains go back to the queue)."""
     px = _px(redis_url)
     config: dict[str, Any] = {"threads": threads, "echo": not quiet, "retention": retention}
     if name:
         config["name"] = name
+    if isolation == "process":
+        config["isolation"] = isolation
+        config["memory_limit_mb"] = memory_limit
     machine = px.vm(**config)
-    click.echo(f"pyrecks vm {machine.name}: {threads} threads; Ctrl-C to stop", err=True)
+    click.echo(
+        f"pyrecks vm {machine.name}: {threads} threads, {isolation} isolation; Ctrl-C to stop",
+        err=True,
+    )
     machine.run_forever()
 
 
