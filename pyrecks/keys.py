@@ -56,8 +56,21 @@ class Keyspace:
 
     @property
     def vms(self) -> str:
-        """Hash of VM name -> last heartbeat record."""
+        """Hash of VM name -> last heartbeat record (JSON), for ``pyrecks vms``."""
         return f"{self.namespace}:vms"
+
+    def vm(self, name: str) -> str:
+        """String that exists while VM ``name`` is alive (its heartbeat; expires after the lease)."""
+        return f"{self.namespace}:vm:{name}"
+
+    @property
+    def vm_prefix(self) -> str:
+        return f"{self.namespace}:vm:"
+
+    @property
+    def failed(self) -> str:
+        """Sorted set of failed chain ids scored by failure time (``pyrecks ls --status failed``)."""
+        return f"{self.namespace}:failed"
 
     def _tagged(self, kind: str, chain_id: str) -> str:
         root = root_of(chain_id)

@@ -2,21 +2,28 @@
 
 Shape (one VM process)::
 
-    reader thread ── XREADGROUP starts stream ──► work queue ──► N worker threads
-                                                                  │ claim chain (fenced)
-                                                                  ▼
-               PREPARE (kernel digest + @key values, 1 round trip) → run kernel in sandbox
+    reader thread ── XREADGROUP starts stream ─┐
+                 └─ XAUTOCLAIM entries of dead VMs ─► work queue ──► N worker threads
+                                                                      │ claim (fenced)
+                                                                      ▼
+               PREPARE (kernel digest + @key values, 1 round trip) → run kernel (executor)
                → parse return string → COMMIT (effects + checkpoint + log, 1 atomic script)
                → next step … until the chain ends, fails, fans out or is cancelled
 
+    heartbeat thread: keeps pyrecks:vm:<name> alive (TTL = lease) and touches the stream
+    entries of the chains it runs, so nobody takes them over while this VM lives.
+
 A stream entry is acknowledged only when its chain leaves this VM (ended, failed, waiting
-for fan-out branches, or handed back on drain), so an entry of a VM that dies stays pending
-in the consumer group for another VM to take over.  Every commit is fenced on
-(owner, epoch, step): a VM that lost its chain cannot write a stale step.
+for fan-out branches, or handed back on drain), so the entry of a VM that dies stays
+pending in the consumer group; once its lease expired, another VM (or the same one,
+restarted under the same name) claims it and resumes the chain at its last checkpoint.
+Every commit is fenced on (owner, epoch, step): a VM that lost its chain cannot write a
+stale step, and effects therefore apply exactly once per step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -27,18 +34,11 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 
-from pyrecks.compiler.instructions import (
-    Call,
-    FanOut,
-    Finish,
-    KeyRef,
-    Transition,
-    thaw,
-)
+from pyrecks.compiler.instructions import Call, FanOut, Finish, KeyRef, Transition, thaw
 from pyrecks.compiler.parser import parse, parse_value
 from pyrecks.compiler.policy import Policy, load_policy
 from pyrecks.compiler.render import render, render_call, render_value
@@ -48,14 +48,17 @@ from pyrecks.keys import Keyspace
 from pyrecks.vm.convert import ArgumentError, RedisValue, convert
 from pyrecks.vm.effects import KEY_TYPES, EffectRejected, check_patterns, encode_effect
 from pyrecks.vm.executors import KernelExecutor, ThreadExecutor
-from pyrecks.vm.failures import StepFailure
+from pyrecks.vm.failures import RETRYABLE, StepFailure
 from pyrecks.vm.loader import KernelLoader, LoadedKernel
+from pyrecks.vm.registry import beat
 from pyrecks.vm.sandbox import OutputBuffer, Sandbox
 from pyrecks.vm.scripts import Scripts, pack
 
 log = logging.getLogger("pyrecks.vm")
 
 GROUP = "pyrecks-vms"
+T = TypeVar("T")
+_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, ConnectionError, OSError)
 
 
 def default_vm_name() -> str:
@@ -64,7 +67,7 @@ def default_vm_name() -> str:
 
 @dataclass
 class VMConfig:
-    """Knobs of one VM process (see docs/vm.md)."""
+    """Knobs of one VM process (see docs/vm.md and docs/operations.md)."""
 
     threads: int = 8
     name: str = field(default_factory=default_vm_name)
@@ -74,6 +77,14 @@ class VMConfig:
     block_ms: int = 500
     timeout_grace: float = 2.0
     echo_to: Callable[[str], None] | None = None
+    #: Seconds without a heartbeat after which this VM's chains may be taken over.
+    lease: float = 10.0
+    #: First retry delay (doubles per attempt, capped by retry_backoff_max).
+    retry_backoff: float = 0.5
+    retry_backoff_max: float = 30.0
+    #: "thread" (default) or "process" (hard time and memory limits, both cores).
+    isolation: str = "thread"
+    memory_limit_mb: int = 512
 
 
 @dataclass
@@ -89,6 +100,12 @@ class ChainRun:
     branch: str | None = None
     clear_join: bool = False
     abandoned: bool = False
+    attempts: int = 0
+    retries: int = 0
+
+
+class _Lost(Exception):
+    """The chain is no longer ours (fenced): stop without acknowledging its entry."""
 
 
 def _s(value: Any) -> str:
@@ -113,6 +130,10 @@ class VM:
         self.r = r
         self.keyspace = keyspace or Keyspace()
         self.config = config or VMConfig()
+        if self.config.isolation not in ("thread", "process"):
+            raise PyrecksError(
+                f"unknown isolation {self.config.isolation!r}: use 'thread' or 'process'"
+            )
         self.policy = policy or load_policy(r, self.keyspace)
         self.scripts = Scripts(r)
         self.sandbox = Sandbox(
@@ -121,8 +142,8 @@ class VM:
             self.policy.forbidden_attributes,
         )
         self.loader = KernelLoader(KernelStore(r, self.keyspace), self.policy, self.sandbox)
-        self.executor: KernelExecutor = executor or ThreadExecutor(self.config.timeout_grace)
-        self._work: queue.Queue[tuple[str, dict[str, str]] | None] = queue.Queue()
+        self.executor: KernelExecutor = executor or self._make_executor()
+        self._work: queue.Queue[tuple[str, dict[str, str], bool] | None] = queue.Queue()
         self._idle = threading.Semaphore(0)
         self._stopping = threading.Event()
         self._stopped = threading.Event()
@@ -130,6 +151,14 @@ class VM:
         self._active: dict[str, ChainRun] = {}
         self._lock = threading.Lock()
         self._echo_lock = threading.Lock()
+        self._started_at = time.time()
+
+    def _make_executor(self) -> KernelExecutor:
+        if self.config.isolation == "process":
+            from pyrecks.vm.isolation import ProcessExecutor
+
+            return ProcessExecutor(self.policy, memory_limit_mb=self.config.memory_limit_mb)
+        return ThreadExecutor(self.config.timeout_grace)
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -139,11 +168,16 @@ class VM:
 
     def start(self) -> VM:
         self._ensure_group()
+        self._beat()
+        # Entries this VM name left pending (a restart after a crash) resume first.
+        for entry_id, fields in self._own_pending():
+            self._work.put((entry_id, fields, True))
         for _ in range(self.config.threads):
             self._spawn_worker()
-        reader = threading.Thread(target=self._read_loop, name="pyrecks-reader", daemon=True)
-        reader.start()
-        self._threads.append(reader)
+        for target, name in ((self._read_loop, "reader"), (self._heartbeat_loop, "heartbeat")):
+            t = threading.Thread(target=target, name=f"pyrecks-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
         return self
 
     def stop(self, timeout: float | None = 30.0) -> None:
@@ -156,6 +190,8 @@ class VM:
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             t.join(left)
         self.executor.close()
+        with contextlib.suppress(*_REDIS_DOWN):  # else our heartbeat key expires on its own
+            self._beat(state="stopped")
         self._stopped.set()
 
     def run_forever(self) -> None:
@@ -193,10 +229,66 @@ class VM:
             else:
                 print(line, file=sys.stderr, flush=True)
 
+    # -- heartbeat and takeover ---------------------------------------------------------
+
+    def _beat(self, state: str = "running") -> None:
+        pipe = self.r.pipeline(transaction=False)
+        beat(
+            pipe,
+            self.keyspace,
+            self.name,
+            lease=self.config.lease,
+            threads=self.config.threads,
+            active=len(self._active),
+            isolation=self.config.isolation,
+            started=self._started_at,
+            state=state,
+        )
+        with self._lock:
+            entries: list[Any] = [run.entry_id for run in self._active.values()]
+        if entries:
+            # Reset the idle time of our entries: they are not up for takeover.
+            pipe.xclaim(self.keyspace.starts, GROUP, self.name, 0, entries, justid=True)
+        pipe.execute()
+
+    def _heartbeat_loop(self) -> None:
+        interval = max(self.config.lease / 3, 0.05)
+        while not self._stopping.wait(interval):
+            try:
+                self._beat()
+            except _REDIS_DOWN as exc:
+                self._say(f"heartbeat failed ({exc}); retrying")
+
+    def _own_pending(self) -> list[tuple[str, dict[str, str]]]:
+        got: Any = self.r.xreadgroup(GROUP, self.name, {self.keyspace.starts: "0"})
+        return [
+            (_s(entry_id), {_s(k): _s(v) for k, v in (fields or {}).items()})
+            for _stream, entries in got or []
+            for entry_id, fields in entries
+        ]
+
+    def _reclaim(self, count: int) -> list[tuple[str, dict[str, str]]]:
+        """Take up to ``count`` entries idle longer than the lease (their VM stopped beating)."""
+        got: Any = self.r.xautoclaim(
+            self.keyspace.starts,
+            GROUP,
+            self.name,
+            min_idle_time=int(self.config.lease * 1000),
+            start_id="0-0",
+            count=count,
+        )
+        entries = got[1] if got else []
+        return [
+            (_s(entry_id), {_s(k): _s(v) for k, v in (fields or {}).items()})
+            for entry_id, fields in entries
+            if fields is not None  # an entry trimmed from the stream
+        ]
+
     # -- reading the starts stream --------------------------------------------------------
 
     def _read_loop(self) -> None:
         backoff = 0.05
+        last_reclaim = 0.0
         while not self._stopping.is_set():
             # Only take as many entries as there are idle workers: an entry we hold but do
             # not run would wait in our pending list for nothing.
@@ -205,31 +297,36 @@ class VM:
             free = 1
             while self._idle.acquire(blocking=False):
                 free += 1
-            got: Any
+            items: list[tuple[str, dict[str, str], bool]] = []
             try:
-                got = self.r.xreadgroup(
-                    GROUP,
-                    self.name,
-                    {self.keyspace.starts: ">"},
-                    count=free,
-                    block=self.config.block_ms,
-                )
+                if time.monotonic() - last_reclaim > self.config.lease / 2:
+                    last_reclaim = time.monotonic()
+                    items += [(e, f, True) for e, f in self._reclaim(free)]
+                if len(items) < free:
+                    got: Any = self.r.xreadgroup(
+                        GROUP,
+                        self.name,
+                        {self.keyspace.starts: ">"},
+                        count=free - len(items),
+                        block=self.config.block_ms,
+                    )
+                    for _stream, entries in got or []:
+                        for entry_id, fields in entries:
+                            decoded = {_s(k): _s(v) for k, v in fields.items()}
+                            items.append((_s(entry_id), decoded, False))
                 backoff = 0.05
             except redis.ResponseError as exc:
-                if "NOGROUP" in str(exc):
+                if "NOGROUP" in str(exc):  # the stream was deleted (or Redis lost it)
                     self._ensure_group()
-                got = []
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                else:
+                    self._say(f"reading the starts stream failed: {exc}")
+            except _REDIS_DOWN as exc:
                 self._say(f"redis unavailable ({exc}); retrying in {backoff:.2f}s")
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
-                got = []
-            taken = 0
-            for _stream, entries in got or []:
-                for entry_id, fields in entries:
-                    taken += 1
-                    self._work.put((_s(entry_id), {_s(k): _s(v) for k, v in fields.items()}))
-            for _ in range(free - taken):
+            for item in items:
+                self._work.put(item)
+            for _ in range(free - len(items)):
                 self._idle.release()
 
     # -- workers ----------------------------------------------------------------------------
@@ -241,18 +338,20 @@ class VM:
             item = self._work.get()
             if item is None:
                 return
-            entry_id, fields = item
+            entry_id, fields, reclaimed = item
             try:
-                self._handle_entry(entry_id, fields)
+                self._handle_entry(entry_id, fields, reclaimed)
+            except _Lost:
+                pass  # stopping while Redis is down: the entry stays pending for later
             except Exception:  # never let one chain take a worker down
                 log.exception("pyrecks VM: unexpected error handling %s", entry_id)
             if getattr(me, "abandoned", False):
                 return  # a replacement worker was started; this thread just ends
 
     def _ack(self, entry_id: str) -> None:
-        self.r.xack(self.keyspace.starts, GROUP, entry_id)
+        self._with_redis(lambda: self.r.xack(self.keyspace.starts, GROUP, entry_id))
 
-    def _handle_entry(self, entry_id: str, fields: dict[str, str]) -> None:
+    def _handle_entry(self, entry_id: str, fields: dict[str, str], reclaimed: bool) -> None:
         chain_id = fields.get("chain")
         if chain_id is None:
             chain_id = self._create_from_entry(entry_id, fields)
@@ -260,72 +359,97 @@ class VM:
                 self._ack(entry_id)
                 return
         ks = self.keyspace
-        got = self.scripts.claim(
-            keys=[ks.chain(chain_id), ks.results(chain_id)], args=[self.name, _now()]
-        )
-        if _s(got[0]) != "ok":
-            self._ack(entry_id)  # done, cancelled, already running elsewhere or expired
+        with self._lock:
+            if chain_id in self._active:
+                self._ack(entry_id)  # a stale duplicate of a chain we are running
+                return
+        mode = ["reclaim" if reclaimed else "new"]
+
+        def claim() -> Any:
+            try:
+                return self.scripts.claim(
+                    keys=[ks.chain(chain_id), ks.results(chain_id)],
+                    args=[self.name, _now(), ks.vm_prefix, mode[0]],
+                )
+            except _REDIS_DOWN:
+                # The claim may have landed without us hearing back: claim again as a
+                # takeover, which accepts a chain that is already running under our name.
+                mode[0] = "reclaim"
+                raise
+
+        got = self._with_redis(claim)
+        verdict = _s(got[0])
+        if verdict == "alive":
+            return  # its owner still beats: it keeps the chain (and acks the entry)
+        if verdict != "ok":
+            self._ack(entry_id)  # done, cancelled, waiting, duplicate or expired
             return
         epoch, step, call_text, join_text = (_s(x) for x in got[1:5])
         results = [got[i : i + 2] for i in range(5, len(got), 2)]
-        parent, branch = self.r.hmget(ks.chain(chain_id), "parent", "branch")
-        try:
-            call = self._resume_call(call_text, join_text, results)
-        except ReturnStringError as exc:
-            run = ChainRun(chain_id, epoch, int(step), Call("?"), entry_id)
-            self._fail(run, StepFailure("return_string", f"stored call is invalid: {exc}"))
-            self._ack(entry_id)
-            return
+        parent, branch = self._with_redis(
+            lambda: self.r.hmget(ks.chain(chain_id), "parent", "branch")
+        )
         run = ChainRun(
             chain_id,
             epoch,
             int(step),
-            call,
+            Call("?"),
             entry_id,
             parent=_s(parent) if parent else None,
             branch=_s(branch) if branch is not None else None,
             clear_join=bool(join_text),
         )
+        if reclaimed:
+            self._say(f"[{chain_id}] resuming at step {run.step} (taken over)")
         with self._lock:
             self._active[chain_id] = run
         try:
-            self._run_chain(run)
+            try:
+                run.call = self._resume_call(call_text, join_text, results)
+            except (ReturnStringError, PyrecksError) as exc:
+                raise StepFailure("return_string", f"stored call is invalid: {exc}") from None
+            finished = self._run_chain(run)
+        except StepFailure as failure:
+            finished = self._fail(run, failure)
+        except _Lost:
+            finished = self._lost(run)
         finally:
             with self._lock:
                 self._active.pop(chain_id, None)
-        if not run.abandoned:
+        if finished and not run.abandoned:
             self._ack(entry_id)
 
     def _create_from_entry(self, entry_id: str, fields: dict[str, str]) -> str | None:
         """A raw ``XADD <starts> * call '...' [id X]`` from any client: make its record."""
         chain_id = fields.get("id") or entry_id.replace("-", "")
-        if "." in chain_id or not chain_id:
+        if not chain_id or any(c in chain_id for c in ".{}"):
             chain_id = entry_id.replace("-", "")
         text = fields.get("call", "")
         error = ""
         try:
-            call = parse_start_call(text)
-            rendered = render_call(call)
-        except (ReturnStringError, PyrecksError) as exc:
+            rendered = render_call(parse_start_call(text))
+        except PyrecksError as exc:
             rendered, error = text, f"cannot start chain: {exc}"
         ks = self.keyspace
-        created = self.scripts.create(
-            keys=[ks.chain(chain_id), ks.chains, ks.starts],
-            args=[
-                chain_id,
-                rendered,
-                _now(),
-                "0",
-                "failed" if error else "queued",
-                error,
-                "bad_call" if error else "",
-                str(self.config.retention),
-            ],
+        self._with_redis(
+            lambda: self.scripts.create(
+                keys=[ks.chain(chain_id), ks.chains, ks.starts],
+                args=[
+                    chain_id,
+                    rendered,
+                    _now(),
+                    "0",
+                    "failed" if error else "queued",
+                    error,
+                    "bad_call" if error else "",
+                    str(self.config.retention),
+                ],
+            )
         )
         if error:
+            self._with_redis(lambda: self.r.zadd(ks.failed, {chain_id: time.time()}))
             return None
-        if not created and fields.get("id"):
-            pass  # duplicate submission: the claim below skips it unless still queued
+        # A duplicate submission (same id) finds the chain past 'queued': the claim skips it.
         return chain_id
 
     @staticmethod
@@ -340,27 +464,54 @@ class VM:
 
     # -- running a chain --------------------------------------------------------------------
 
-    def _run_chain(self, run: ChainRun) -> None:
+    def _run_chain(self, run: ChainRun) -> bool:
+        """Run steps until the chain leaves this VM; return True if its entry can be acked."""
         while True:
             if self._stopping.is_set():
-                self._release(run)
-                return
+                return self._release(run)
             try:
                 transition = self._step(run)
             except StepFailure as failure:
-                if not run.abandoned:
-                    self._fail(run, failure)
-                return
-            if transition is None or not isinstance(transition.then, Call):
-                return
+                if run.abandoned:
+                    return False
+                if failure.kind in RETRYABLE and run.attempts < run.retries:
+                    run.attempts += 1
+                    self._note_retry(run, failure)
+                    continue
+                raise
+            run.attempts = 0
+            if transition is None:
+                return False  # abandoned by the watchdog
+            if not isinstance(transition.then, Call):
+                return True
+
+    def _note_retry(self, run: ChainRun, failure: StepFailure) -> None:
+        delay = min(
+            self.config.retry_backoff * 2 ** (run.attempts - 1), self.config.retry_backoff_max
+        )
+        text = (
+            f"attempt {run.attempts} of {run.retries} retries after {failure.kind}: "
+            f"{failure} (next try in {delay:g}s)"
+        )
+        self._say(f"[{run.id}] retry: {text}")
+        entry = self._log_entry(run, "retry", run.call.name, text, _now())
+        self._with_redis(
+            lambda: self.r.xadd(
+                self.keyspace.log(run.id),
+                dict(zip(entry[::2], entry[1::2], strict=True)),
+                maxlen=self.config.max_log,
+                approximate=True,
+            )
+        )
+        self._stopping.wait(delay)
 
     def _step(self, run: ChainRun) -> Transition | None:
         call = run.call
         ks = self.keyspace
         refs = [a.key for a in call.args if isinstance(a, KeyRef)]
-        prep = self.scripts.prepare(
-            keys=[ks.kernel(call.name), *refs],
-            args=[self.loader.known_digest(call.name)],
+        known = self.loader.known_digest(call.name)
+        prep = self._with_redis(
+            lambda: self.scripts.prepare(keys=[ks.kernel(call.name), *refs], args=[known])
         )
         try:
             kernel = self.loader.resolve(call.name, _s(prep[0]), prep[1])
@@ -369,6 +520,7 @@ class VM:
         except KernelRejected as exc:
             detail = "; ".join(str(f) for f in exc.findings)
             raise StepFailure("lint", f"kernel {call.name!r} was refused: {detail}") from None
+        run.retries = kernel.retries if kernel.retries is not None else self.policy.default_retries
         values = iter(prep[2:])
         args: list[Any] = []
         for i, arg in enumerate(call.args):
@@ -385,7 +537,11 @@ class VM:
                 args.append(thaw(arg))
         args = self._convert(kernel, args)
         output = OutputBuffer(echo=self._echo_for(run, call.name) if self.config.echo else None)
-        returned = self._execute(run, kernel, args, output)
+        try:
+            returned = self._execute(run, kernel, args, output)
+        except StepFailure:
+            self._log_output(run, call.name, output)
+            raise
         if run.abandoned:
             return None
         if returned is None:
@@ -403,9 +559,24 @@ class VM:
                 "return_string",
                 f"kernel {call.name} returned an invalid string: {exc}\n{exc.context()}",
             ) from None
-        if not self._commit(run, kernel, transition, output):
-            return None
+        self._commit(run, kernel, transition, output)
         return transition
+
+    def _log_output(self, run: ChainRun, kernel: str, output: OutputBuffer) -> None:
+        """Keep what a failing step printed: it is usually why it failed."""
+        if not output.lines:
+            return
+        now = _now()
+        pipe = self.r.pipeline(transaction=False)
+        for line in output.lines:
+            entry = self._log_entry(run, "out", kernel, line, now)
+            pipe.xadd(
+                self.keyspace.log(run.id),
+                dict(zip(entry[::2], entry[1::2], strict=True)),
+                maxlen=self.config.max_log,
+                approximate=True,
+            )
+        self._with_redis(pipe.execute)
 
     def _echo_for(self, run: ChainRun, kernel: str) -> Callable[[str], None]:
         prefix = f"[{run.id} {run.step + 1} {kernel}]"
@@ -454,11 +625,54 @@ class VM:
                 f"kernel {kernel.name} exceeded its time limit of {limit:g}s and did not "
                 "stop; its thread was abandoned"
             )
-            self._fail(run, StepFailure("timeout", message))
-            self._ack(run.entry_id)
+            if self._fail(run, StepFailure("timeout", message)):
+                self._ack(run.entry_id)
             self._spawn_worker()
 
         return self.executor.execute(kernel, args, output, limit, abandon)
+
+    # -- talking to Redis through outages -------------------------------------------------
+
+    def _with_redis(self, operation: Callable[[], T]) -> T:
+        """Run an idempotent Redis operation, waiting out a Redis outage with backoff.
+
+        If the VM is asked to stop while Redis is down, the chain is left where it is:
+        its entry stays pending and it resumes from its checkpoint later.
+        """
+        backoff = 0.05
+        while True:
+            try:
+                return operation()
+            except _REDIS_DOWN as exc:
+                if self._stopping.is_set():
+                    raise _Lost() from exc
+                self._say(f"redis unavailable ({exc}); retrying in {backoff:.2f}s")
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    def _run_fenced(
+        self, script: Any, keys: list[str], payload: dict[str, Any], run: ChainRun
+    ) -> Any:
+        """Run a fenced script; after a lost connection, find out whether it landed."""
+        packed = pack(payload)
+        try:
+            return script(keys=keys, args=[packed])
+        except _REDIS_DOWN:
+            pass
+        # The reply was lost: Redis may or may not have run the script.  The fence tells:
+        # if the chain moved on from our step under our epoch, it did.
+        fields = self._with_redis(
+            lambda: self.r.hmget(self.keyspace.chain(run.id), "owner", "epoch", "step", "status")
+        )
+        owner, epoch, step, status = (_s(f) if f is not None else "" for f in fields)
+        mine = owner == self.name and epoch == run.epoch
+        if mine and step == str(run.step) and status == "running":
+            return self._with_redis(lambda: script(keys=keys, args=[packed]))
+        if epoch == run.epoch and step != str(run.step):
+            return [b"ok"]
+        if epoch == run.epoch and status in ("done", "failed", "waiting"):
+            return [b"ok"]
+        return [b"fenced", status.encode()]
 
     # -- committing ------------------------------------------------------------------------
 
@@ -467,8 +681,8 @@ class VM:
 
     def _commit(
         self, run: ChainRun, kernel: LoadedKernel, transition: Transition, output: OutputBuffer
-    ) -> bool:
-        """Apply effects + checkpoint + log atomically; False if the chain is not ours."""
+    ) -> None:
+        """Apply effects + checkpoint + log atomically; raise _Lost if the chain isn't ours."""
         ks = self.keyspace
         now = _now()
         then = transition.then
@@ -503,20 +717,9 @@ class VM:
                 [f"{run.id}.{i}", ks.chain(f"{run.id}.{i}"), render_call(b)]
                 for i, b in enumerate(then.branches)
             ]
-            fields += [
-                "call",
-                text,
-                "status",
-                "waiting",
-                "owner",
-                "",
-                "pending",
-                str(len(branches)),
-                "branches",
-                str(len(branches)),
-                "join",
-                render_call(then.join),
-            ]
+            count = str(len(branches))
+            fields += ["call", text, "status", "waiting", "owner", "", "pending", count]
+            fields += ["branches", count, "join", render_call(then.join)]
             payload["fanout"] = {
                 "branches": branches,
                 "results": ks.results(run.id),
@@ -526,7 +729,8 @@ class VM:
             logs.append(self._log_entry(run, "fanout", kernel.name, text, now))
         else:
             result = render_value(then.value) if isinstance(then, Finish) else ""
-            fields += ["call", "", "status", "done", "owner", "", "finished", now, "result", result]
+            fields += ["call", "", "status", "done", "owner", "", "finished", now]
+            fields += ["result", result]
             done: dict[str, Any] = {"results": ks.results(run.id), "result": result or "None"}
             if run.parent is not None and run.branch is not None:
                 done["parent"] = {
@@ -542,25 +746,26 @@ class VM:
             logs.append(self._log_entry(run, "end", kernel.name, f"done: {ended}", now))
         payload["fields"] = fields
         payload["logs"] = logs
-        got = self.scripts.commit(
-            keys=[ks.chain(run.id), ks.log(run.id), ks.kernels], args=[pack(payload)]
+        got = self._run_fenced(
+            self.scripts.commit, [ks.chain(run.id), ks.log(run.id), ks.kernels], payload, run
         )
         status = _s(got[0])
         if status == "rejected":
             raise StepFailure("effect", f"effect refused: {_s(got[1])}")
         if status == "fenced":
             self._say(f"[{run.id}] stopped: the chain is {_s(got[1])} and no longer ours")
-            return False
+            raise _Lost()
         run.step = step
         run.clear_join = False
         if isinstance(then, Call):
             run.call = then
-        return True
 
-    def _fail(self, run: ChainRun, failure: StepFailure) -> None:
+    def _fail(self, run: ChainRun, failure: StepFailure) -> bool:
+        """Record the failure (fenced); return True if the chain's entry can be acked."""
         ks = self.keyspace
         now = _now()
         text = str(failure)
+        attempts = str(run.attempts + 1)
         payload: dict[str, Any] = {
             "owner": self.name,
             "epoch": run.epoch,
@@ -582,6 +787,8 @@ class VM:
                 now,
                 "kernel",
                 run.call.name,
+                "attempts",
+                attempts,
             ],
             "logs": [
                 self._log_entry(
@@ -595,21 +802,46 @@ class VM:
             "maxlog": str(self.config.max_log),
             "retention": str(self.config.retention),
             "results": ks.results(run.id),
+            "failed": ks.failed,
+            "id": run.id,
             "now": now,
         }
         if run.parent is not None:
             payload["parent"] = {
                 "key": ks.chain(run.parent),
                 "log": ks.log(run.parent),
+                "id": run.parent,
                 "error": f"branch {run.id} failed: {text}",
             }
-        self.scripts.fail(keys=[ks.chain(run.id), ks.log(run.id)], args=[pack(payload)])
+        try:
+            got = self._run_fenced(
+                self.scripts.fail, [ks.chain(run.id), ks.log(run.id)], payload, run
+            )
+        except _Lost:
+            return False
+        if _s(got[0]) == "fenced":
+            return self._lost(run)
         self._say(f"[{run.id}] failed ({failure.kind}): {text}")
+        return True
 
-    def _release(self, run: ChainRun) -> None:
+    def _lost(self, run: ChainRun) -> bool:
+        """We lost the chain; ack its entry only if nobody else will run it any more."""
+        try:
+            status = self.r.hget(self.keyspace.chain(run.id), "status")
+        except _REDIS_DOWN:
+            return False
+        return _s(status) in ("done", "failed", "cancelled", "") if status else True
+
+    def _release(self, run: ChainRun) -> bool:
         ks = self.keyspace
         payload = {"owner": self.name, "epoch": run.epoch, "step": str(run.step), "now": _now()}
-        self.scripts.release(keys=[ks.chain(run.id), ks.starts], args=[pack(payload)])
+        try:
+            got = self._run_fenced(
+                self.scripts.release, [ks.chain(run.id), ks.starts], payload, run
+            )
+        except _Lost:
+            return False
+        return _s(got[0]) == "ok" or self._lost(run)
 
 
 def parse_start_call(text: str) -> Call:

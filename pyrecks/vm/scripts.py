@@ -33,12 +33,22 @@ if ARGV[4] == '1' then redis.call('XADD', KEYS[3], '*', 'chain', ARGV[1]) end
 return 1
 """
 
-# KEYS: chain, results.  ARGV: owner, now.
-# Returns {'ok', epoch, step, call, join, results...} or {'skip', status} / {'missing'}.
+# KEYS: chain, results.  ARGV: owner, now, heartbeat key prefix, mode ("new"/"reclaim").
+# A "reclaim" (an entry taken over from another VM's pending list) may take a *running*
+# chain, but only if its owner's heartbeat has expired — or the owner is us, restarted.
+# Returns {'ok', epoch, step, call, join, results...}, {'alive', owner}, {'skip', status}
+# or {'missing'}.
 CLAIM = """
-local st = redis.call('HMGET', KEYS[1], 'status', 'step', 'call', 'join')
+local st = redis.call('HMGET', KEYS[1], 'status', 'step', 'call', 'join', 'owner')
 if not st[1] then return {'missing'} end
-if st[1] ~= 'queued' then return {'skip', st[1]} end
+if st[1] == 'running' and ARGV[4] == 'reclaim' then
+  local owner = st[5] or ''
+  if owner ~= ARGV[1] and owner ~= '' and redis.call('EXISTS', ARGV[3] .. owner) == 1 then
+    return {'alive', owner}
+  end
+elseif st[1] ~= 'queued' then
+  return {'skip', st[1]}
+end
 local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 redis.call('HSET', KEYS[1], 'status', 'running', 'owner', ARGV[1], 'updated', ARGV[2])
 redis.call('HSETNX', KEYS[1], 'started', ARGV[2])
@@ -177,6 +187,7 @@ redis.call('HSET', chain, unpack(p.fields))
     + _LOG
     + """
 expire_chain(chain, KEYS[2], p.results)
+redis.call('ZADD', p.failed, p.now, p.id)
 local up = p.parent
 if up and redis.call('HGET', up.key, 'status') == 'waiting' then
   redis.call('HSET', up.key, 'status', 'failed', 'error', up.error, 'error_kind', 'branch',
@@ -186,10 +197,34 @@ if up and redis.call('HGET', up.key, 'status') == 'waiting' then
              'ts', p.now)
   redis.call('EXPIRE', up.key, p.retention)
   redis.call('EXPIRE', up.log, p.retention)
+  redis.call('ZADD', p.failed, p.now, up.id)
 end
 return {'ok'}
 """
 )
+
+# KEYS: chain, log, starts stream, failed set.
+# ARGV: now, id, parent chain key ('' if none), parent id.
+# Puts a failed chain back in the queue at the step that failed (after a fix/hot patch).
+RETRY = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return 'missing' end
+if st ~= 'failed' then return st end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'owner', '', 'error', '', 'error_kind', '',
+           'traceback', '', 'finished', '', 'updated', ARGV[1], 'attempts', '0')
+redis.call('PERSIST', KEYS[1])
+redis.call('PERSIST', KEYS[2])
+redis.call('ZREM', KEYS[4], ARGV[2])
+if ARGV[3] ~= '' and redis.call('HGET', ARGV[3], 'status') == 'failed'
+   and redis.call('HGET', ARGV[3], 'error_kind') == 'branch' then
+  redis.call('HSET', ARGV[3], 'status', 'waiting', 'error', '', 'error_kind', '',
+             'finished', '', 'updated', ARGV[1])
+  redis.call('PERSIST', ARGV[3])
+  redis.call('ZREM', KEYS[4], ARGV[4])
+end
+redis.call('XADD', KEYS[3], '*', 'chain', ARGV[2])
+return 'ok'
+"""
 
 # KEYS: chain, starts stream.  ARGV: msgpack payload {owner, epoch, step, now}.
 # Hands a running chain back to the queue at its last checkpoint (graceful drain).
@@ -229,6 +264,7 @@ class Scripts:
         self.fail: Script = r.register_script(FAIL)
         self.release: Script = r.register_script(RELEASE)
         self.cancel: Script = r.register_script(CANCEL)
+        self.retry: Script = r.register_script(RETRY)
 
 
 def pack(payload: dict[str, Any]) -> bytes:

@@ -1,0 +1,102 @@
+"""The VM registry: heartbeats, liveness and ``pyrecks vms``.
+
+Each VM keeps a key ``pyrecks:vm:<name>`` alive with a TTL equal to its *lease*: while the
+key exists, the VM is presumed alive and nobody takes its chains.  When it stops beating
+(killed, machine gone, stuck longer than its lease), the key expires and any VM may take
+over its chains from their last checkpoint — fenced, so a VM that comes back cannot commit.
+The hash ``pyrecks:vms`` keeps the last beat of every VM for ``pyrecks vms``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from pyrecks.keys import Keyspace
+
+
+@dataclass(frozen=True)
+class VMInfo:
+    name: str
+    alive: bool
+    host: str
+    pid: int
+    threads: int
+    active: int
+    isolation: str
+    started: float
+    beat: float
+    state: str
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def beat(
+    r: redis.Redis | Any,
+    keyspace: Keyspace,
+    name: str,
+    *,
+    lease: float,
+    threads: int,
+    active: int,
+    isolation: str,
+    started: float,
+    state: str = "running",
+) -> None:
+    """Write one heartbeat (``r`` may be a pipeline)."""
+    record = json.dumps(
+        {
+            "name": name,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "threads": threads,
+            "active": active,
+            "isolation": isolation,
+            "started": started,
+            "beat": time.time(),
+            "state": state,
+        }
+    )
+    if state == "running":
+        r.set(keyspace.vm(name), record, px=max(int(lease * 1000), 1))
+    else:
+        r.delete(keyspace.vm(name))
+    r.hset(keyspace.vms, name, record)
+
+
+def list_vms(r: redis.Redis, keyspace: Keyspace) -> list[VMInfo]:
+    """Every VM that ever beat, alive ones first, newest beat first."""
+    raw: Any = r.hgetall(keyspace.vms)
+    names = sorted(k.decode() for k in raw)
+    pipe = r.pipeline(transaction=False)
+    for name in names:
+        pipe.exists(keyspace.vm(name))
+    alive = dict(zip(names, pipe.execute(), strict=True))
+    out = []
+    for key, value in raw.items():
+        data = json.loads(value)
+        name = key.decode()
+        out.append(
+            VMInfo(
+                name=name,
+                alive=bool(alive.get(name)),
+                host=data.get("host", "?"),
+                pid=int(data.get("pid", 0)),
+                threads=int(data.get("threads", 0)),
+                active=int(data.get("active", 0)),
+                isolation=data.get("isolation", "thread"),
+                started=float(data.get("started", 0.0)),
+                beat=float(data.get("beat", 0.0)),
+                state=data.get("state", "running")
+                if alive.get(name)
+                else ("stopped" if data.get("state") == "stopped" else "dead"),
+            )
+        )
+    return sorted(out, key=lambda v: (not v.alive, -v.beat))
