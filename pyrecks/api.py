@@ -33,6 +33,7 @@ from pyrecks.errors import ChainNotFound, PyrecksError
 from pyrecks.keys import Keyspace
 from pyrecks.vm.machine import VM, VMConfig, parse_start_call
 from pyrecks.vm.records import ChainInfo, ChainStatus, LogEntry
+from pyrecks.vm.registry import VMInfo, list_vms
 from pyrecks.vm.scripts import Scripts
 
 __all__ = ["ChainInfo", "ChainStatus", "LogEntry", "Pyrecks", "connect"]
@@ -194,6 +195,49 @@ class Pyrecks:
         if outcome == "missing":
             raise ChainNotFound(f"no chain {chain_id!r}")
         return outcome == "ok"
+
+    def retry(self, chain_id: str) -> bool:
+        """Put a failed chain back in the queue at the step that failed.
+
+        Typically used after hot-patching the kernel that failed.  A parent that failed
+        because a fan-out branch failed is retried by retrying its failed branches (the
+        parent goes back to waiting for them).  Returns False if the chain is not failed.
+        """
+        info = self.status(chain_id)
+        if info.status is not ChainStatus.FAILED:
+            return False
+        if info.error_kind == "branch":
+            branches = int(info.raw.get("branches") or 0)
+            retried = False
+            for i in range(branches):
+                with contextlib.suppress(ChainNotFound):
+                    retried = self.retry(f"{chain_id}.{i}") or retried
+            return retried
+        ks = self.keyspace
+        parent = info.parent or ""
+        got = self._scripts.retry(
+            keys=[ks.chain(chain_id), ks.log(chain_id), ks.starts, ks.failed],
+            args=[repr(time.time()), chain_id, ks.chain(parent) if parent else "", parent],
+        )
+        return (got.decode() if isinstance(got, bytes) else str(got)) == "ok"
+
+    def failed(self, limit: int = 50) -> list[ChainInfo]:
+        """The most recently failed chains (from the failed set), newest first."""
+        raw: Any = self.r.zrevrange(self.keyspace.failed, 0, limit - 1)
+        out = []
+        for cid in (i.decode() for i in raw):
+            try:
+                info = self.status(cid)
+            except ChainNotFound:
+                self.r.zrem(self.keyspace.failed, cid)  # expired
+                continue
+            if info.status is ChainStatus.FAILED:
+                out.append(info)
+        return out
+
+    def vms(self) -> list[VMInfo]:
+        """Every VM that has beaten, with liveness and load (``pyrecks vms``)."""
+        return list_vms(self.r, self.keyspace)
 
     def chains(self, status: str | None = None, limit: int = 50) -> list[ChainInfo]:
         """The most recent chains (newest first), optionally only those with ``status``."""

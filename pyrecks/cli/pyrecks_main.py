@@ -153,6 +153,14 @@ def run(
     metavar="MB",
     help="With --isolation process: memory a kernel may allocate per worker process.",
 )
+@click.option(
+    "--lease",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Seconds without a heartbeat after which other VMs take over this VM's chains.",
+)
 @redis_option
 def vm(
     threads: int,
@@ -161,11 +169,17 @@ def vm(
     retention: int,
     isolation: str,
     memory_limit: int,
+    lease: float,
     redis_url: str | None,
 ) -> None:
     """Run a VM until Ctrl-C (which drains: running chains go back to the queue)."""
     px = _px(redis_url)
-    config: dict[str, Any] = {"threads": threads, "echo": not quiet, "retention": retention}
+    config: dict[str, Any] = {
+        "threads": threads,
+        "echo": not quiet,
+        "retention": retention,
+        "lease": lease,
+    }
     if name:
         config["name"] = name
     if isolation == "process":
@@ -233,6 +247,42 @@ def cancel(chain_id: str, redis_url: str | None) -> None:
         click.echo(f"chain {chain_id} cancelled")
     else:
         fail(f"chain {chain_id} is already {px.status(chain_id).status.value}; nothing to cancel")
+
+
+@main.command()
+@click.argument("chain_id")
+@redis_option
+def retry(chain_id: str, redis_url: str | None) -> None:
+    """Resume a failed chain from the step that failed (e.g. after fixing the kernel)."""
+    px = _px(redis_url)
+    if px.retry(chain_id):
+        click.echo(f"chain {chain_id} queued again at step {px.status(chain_id).step}")
+    else:
+        fail(
+            f"chain {chain_id} is {px.status(chain_id).status.value}, not failed; nothing to retry"
+        )
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@redis_option
+def vms(as_json: bool, redis_url: str | None) -> None:
+    """List VMs: alive or dead, threads, chains running now, last heartbeat."""
+    infos = _px(redis_url).vms()
+    if as_json:
+        click.echo(json.dumps([v.to_json() for v in infos], indent=2))
+        return
+    if not infos:
+        click.echo("no VMs have run against this Redis")
+        return
+    now = time.time()
+    click.echo(f"{'VM':<36} {'STATE':<8} {'LOAD':>7}  {'ISOLATION':<9} {'BEAT':>7}  HOST:PID")
+    for v in infos:
+        load = f"{v.active}/{v.threads}"
+        click.echo(
+            f"{v.name:<36} {v.state:<8} {load:>7}  {v.isolation:<9} "
+            f"{now - v.beat:>6.1f}s  {v.host}:{v.pid}"
+        )
 
 
 @main.group()
