@@ -5,7 +5,7 @@
 
 The parser runs once per chain step, so its cost is compared with the floor of a step: a
 redis-py ``GET`` round trip to a private local ``redis-server`` started here.  Target: a
-parse costs at most 0.2 × that round trip.
+parse costs at most 0.2 x that round trip.
 
 Cases (each a typical string a kernel returns):
 
@@ -21,8 +21,10 @@ general Lark path alone, bypassing cache and fast path).
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make `bench` importable
@@ -30,10 +32,19 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 
 import redis
 
-from bench.common import Stats, add_common_args, emit_json, environment, print_table
-from bench.common import time_calls, time_each
+from bench.common import (
+    Stats,
+    add_common_args,
+    emit_json,
+    environment,
+    print_table,
+    time_calls,
+    time_each,
+)
 from pyrecks.compiler.parser import _engine, parse
 from pyrecks.testing import RedisServer
+
+TARGET_RATIO = 0.2
 
 CASES: dict[str, Callable[[int], str]] = {
     "call": lambda i: f'func1("say hi to func1 with x{i}")',
@@ -59,7 +70,40 @@ def measure_get(server: RedisServer, number: int, repeat: int) -> Stats:
         client.close()
 
 
-def run(number: int, repeat: int) -> dict[str, object]:
+@dataclass
+class Measurement:
+    """Everything one run measured; the GET floor is measured before and after the parses."""
+
+    get: Stats
+    get_after: Stats
+    results: dict[str, dict[str, Stats]]
+
+    @property
+    def floor_us(self) -> float:
+        return min(self.get.median_us, self.get_after.median_us)
+
+    def ratio(self, s: Stats) -> float:
+        return s.median_us / self.floor_us
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "environment": environment(),
+            "redis_get_us": self.get.as_dict(),
+            "redis_get_after_us": self.get_after.as_dict(),
+            "floor_us": self.floor_us,
+            "target_ratio": TARGET_RATIO,
+            "cases": {
+                name: {
+                    "text": CASES[name](0),
+                    **{kind: {**s.as_dict(), "ratio_to_get": self.ratio(s)}
+                       for kind, s in kinds.items()},
+                }
+                for name, kinds in self.results.items()
+            },
+        }
+
+
+def run(number: int, repeat: int) -> Measurement:
     engine = _engine(None)
     server = RedisServer().start()
     try:
@@ -69,56 +113,40 @@ def run(number: int, repeat: int) -> dict[str, object]:
             same = case(0)
             lark_number = max(number // 10, 50)
             results[name] = {
-                "hit": time_calls(lambda s=same: parse(s), number=number, repeat=repeat),
+                "hit": time_calls(functools.partial(parse, same), number=number, repeat=repeat),
                 "miss": time_each(parse, _unique(case, number), number=number, repeat=repeat),
                 "lark": time_each(lambda t: engine.run(t, "start"), _unique(case, lark_number),
                                   number=lark_number, repeat=repeat),
             }
-        get_after = measure_get(server, number, repeat)  # the floor drifts: measure twice
+        get_after = measure_get(server, number, repeat)
     finally:
         server.close()
-    floor = min(get.median_us, get_after.median_us)
-    return {
-        "environment": environment(),
-        "redis_get_us": get.as_dict(),
-        "redis_get_after_us": get_after.as_dict(),
-        "floor_us": floor,
-        "cases": {
-            name: {
-                "text": CASES[name](0),
-                **{kind: {**s.as_dict(), "ratio_to_get": s.median_us / floor}
-                   for kind, s in kinds.items()},
-            }
-            for name, kinds in results.items()
-        },
-        "target_ratio": 0.2,
-    }
+    return Measurement(get, get_after, results)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     add_common_args(parser)
     parser.add_argument("--number", type=int, default=2000, help="operations per batch")
     args = parser.parse_args(argv)
-    report = run(args.number, args.repeat)
+    m = run(args.number, args.repeat)
     if args.json:
-        emit_json(report)
+        emit_json(m.as_json())
         return 0
-    floor = float(report["floor_us"])  # type: ignore[arg-type]
-    get = report["redis_get_us"]
-    rows: list[list[object]] = [[
-        "redis-py GET round trip", f"{get['median_us']:.2f}",  # type: ignore[index]
-        f"{get['min_us']:.2f}–{get['max_us']:.2f}", "1.00",  # type: ignore[index]
-    ]]
-    for name, kinds in report["cases"].items():  # type: ignore[attr-defined]
-        for kind in ("hit", "miss", "lark"):
-            s = kinds[kind]
-            rows.append([f"parse {name} ({kind})", f"{s['median_us']:.2f}",
-                         f"{s['min_us']:.2f}–{s['max_us']:.2f}", f"{s['ratio_to_get']:.3f}"])
-    print_table(["case", "median µs", "min–max µs", "× GET"], rows)
-    worst = max(k["miss"]["ratio_to_get"] for k in report["cases"].values())  # type: ignore[attr-defined]
-    print(f"\nfloor (GET median) {floor:.1f} µs; worst cache-miss parse = {worst:.3f} × GET "
-          f"(target ≤ 0.2 for call and set3)")
+    rows: list[list[object]] = [
+        ["redis-py GET round trip (before)", f"{m.get.median_us:.2f}", m.get.spread(),
+         f"{m.ratio(m.get):.3f}"],
+        ["redis-py GET round trip (after)", f"{m.get_after.median_us:.2f}",
+         m.get_after.spread(), f"{m.ratio(m.get_after):.3f}"],
+    ]
+    for name, kinds in m.results.items():
+        for kind, s in kinds.items():
+            rows.append([f"parse {name} ({kind})", f"{s.median_us:.2f}", s.spread(),
+                         f"{m.ratio(s):.3f}"])
+    print_table(["case", "median us", "min-max us", "x GET"], rows)
+    worst = max(m.ratio(kinds["miss"]) for kinds in m.results.values())
+    print(f"\nfloor (lower GET median) {m.floor_us:.1f} us; worst cache-miss parse = "
+          f"{worst:.3f} x GET (target <= {TARGET_RATIO})")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Helpers every benchmark shares: timing with medians and min–max, tables, JSON output.
+"""Helpers every benchmark shares: timing with medians and min-max, tables, JSON output.
 
 Benchmarks compare a cost with its floor measured *in the same run* (e.g. a Redis round
 trip), because absolute numbers swing with the machine and its load; ratios travel.
@@ -31,7 +31,7 @@ class Stats:
     number: int
 
     def spread(self) -> str:
-        return f"{self.min_us:.2f}–{self.max_us:.2f}"
+        return f"{self.min_us:.2f}-{self.max_us:.2f}"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,9 +82,8 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]],
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
 
     def line(row: Sequence[str]) -> str:
-        return "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))
-        )
+        pairs = enumerate(zip(row, widths, strict=True))
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in pairs)
 
     print(line(cells[0]), file=out)
     print("  ".join("-" * w for w in widths), file=out)

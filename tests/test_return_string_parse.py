@@ -273,29 +273,55 @@ def test_parse_is_safe_from_many_threads() -> None:
 
 def test_simple_shapes_take_the_fast_path() -> None:
     for text in ['func1("say hi")', "f(1, -2, 3.5, True, None, 'x')",
-                 'f("@k") set [("a", "b"), ("c", 1)]']:
+                 'f("@k") set [("a", "b"), ("c", 1)]', 'f("esc\\"aped\\n")',
+                 '[f("a"), g(1)] -> merge("x")', "[f()] -> j() SET [('k', 1)]"]:
         assert parser_module._fast_parse(text, DEFAULT_LIMITS) is not None
 
 
-# Building blocks near the fast path's boundary: valid and invalid scalars, odd spacing.
-_FP_PIECES = st.sampled_from(
-    ['"a"', "'b'", '"@k"', '"@@k"', '"@"', '""', '"a\'b"', "'a\"b'", '"\\n"', "0", "-0",
-     "+7", "12", "007", "1.5", "-0.0", "1e5", "1.", "True", "False", "None", "Truex",
-     "[1]", "x", "9" * 400 + ".5", "0x1"]
+# Building blocks near the fast path's boundary: mostly valid scalars (so the fast path
+# really answers), plus pieces it must refuse (escapes it cannot judge, errors, nesting).
+_FP_GOOD = st.sampled_from(
+    ['"a"', "'b'", '"@k"', '"@@k"', '""', '"a\'b"', "'a\"b'", '"\\n"', "0", "-0", "+7", "12",
+     "1.5", "-0.0", "True", "False", "None", '"a\\nb"', '"\\u00e9"', '"\\"\\\\"', '"g(1)"',
+     '"]"', '"x\\\'y"']
 )
-_FP_SPACE = st.sampled_from(["", " ", "  ", "\n", "\t", "\u00a0"])
+_FP_ODD = st.sampled_from(
+    ['"@"', "007", "1e5", "1.", "Truex", "[1]", "x", "9" * 400 + ".5", "0x1", '"\\q"',
+     "'\\x4'", '"\\@k"', '"\\U00110000"']
+)
+_SPACES = ["", " ", "  ", "\n", "\t"]
+
+
+@st.composite
+def near_fast_calls(draw: st.DrawFn, wild: bool) -> str:
+    pieces = st.one_of(_FP_GOOD, _FP_ODD) if wild else _FP_GOOD
+    spaces = st.sampled_from([*_SPACES, "\u00a0", "\x0b"] if wild else _SPACES)
+    sp = lambda: draw(spaces)  # noqa: E731
+    names = ["f", "func1", "set", "_k9", "if", "None", "é"] if wild else ["f", "func1", "_k9"]
+    name = draw(st.sampled_from(names))
+    args = draw(st.lists(pieces, max_size=4))
+    text = f"{sp()}{name}{sp()}({sp()}" + f"{sp()},{sp()}".join(args)
+    return text + draw(st.sampled_from(["", ","])) + f"{sp()}){sp()}"
 
 
 @st.composite
 def near_fast_texts(draw: st.DrawFn) -> str:
-    sp = lambda: draw(_FP_SPACE)  # noqa: E731
-    name = draw(st.sampled_from(["f", "func1", "if", "None", "set", "_k9", "é"]))
-    args = draw(st.lists(_FP_PIECES, max_size=4))
-    text = f"{sp()}{name}{sp()}({sp()}" + f"{sp()},{sp()}".join(args)
-    text += draw(st.sampled_from(["", ","])) + f"{sp()}){sp()}"
+    """Texts shaped like the fast path's; one in three also has pieces it must refuse."""
+    wild = draw(st.integers(0, 2)) == 0
+    pieces = st.one_of(_FP_GOOD, _FP_ODD) if wild else _FP_GOOD
+    sp = lambda: draw(st.sampled_from(_SPACES))  # noqa: E731
     if draw(st.booleans()):
-        pairs = draw(st.lists(st.tuples(_FP_PIECES, _FP_PIECES), max_size=3))
-        cmd = draw(st.sampled_from(["SET", "set", "SeT", "DEL", "SETX"]))
+        text = draw(near_fast_calls(wild))
+    else:
+        branches = draw(st.lists(near_fast_calls(wild), min_size=int(not wild), max_size=3))
+        comma = draw(st.sampled_from(["", ","]))
+        arrow = draw(st.sampled_from(["- >", "=>", "->"] if wild else ["->"]))
+        text = f"{sp()}[{','.join(branches)}{comma}]{sp()}{arrow}{draw(near_fast_calls(wild))}"
+    if draw(st.booleans()):
+        keys = pieces if wild else st.sampled_from(['"k"', "'k2'", '"a\\nb"', '"@@k"'])
+        pairs = draw(st.lists(st.tuples(keys, pieces), min_size=int(not wild), max_size=3))
+        cmds = ["SET", "set", "SeT", "DEL", "SETX"] if wild else ["SET", "set", "SeT"]
+        cmd = draw(st.sampled_from(cmds))
         items = ", ".join(f"({k},{sp()}{v}{draw(st.sampled_from(['', ',']))})" for k, v in pairs)
         text += f"{cmd}{sp()}[{sp()}{items}{sp()}]{sp()}"
     return text

@@ -211,33 +211,46 @@ _HEX_HINT = {"x": "\\xNN (2 hex digits)", "u": "\\uNNNN (4 hex digits)",
              "U": "\\UNNNNNNNN (8 hex digits)"}
 
 
+class _BadEscape(Exception):
+    """A malformed escape at ``offset`` characters into a string's body."""
+
+    def __init__(self, message: str, offset: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.offset = offset
+
+
+def _escape(m: re.Match[str]) -> str:
+    hexa = m.group(1) or m.group(2) or m.group(3)
+    if hexa:
+        code = int(hexa, 16)
+        if code > 0x10FFFF:
+            raise _BadEscape(f"escape {m.group()} is beyond the last Unicode code point "
+                             "\\U0010ffff", m.start())
+        return chr(code)
+    ch = m.group(4)
+    if ch in _SIMPLE_ESCAPES:
+        return _SIMPLE_ESCAPES[ch]
+    if ch in _HEX_HINT:
+        raise _BadEscape(f"malformed escape: write {_HEX_HINT[ch]}", m.start())
+    raise _BadEscape(
+        f"unknown escape \\{ch}; the escapes are \\n \\t \\r \\\\ \\\" \\' \\a \\b \\f \\v "
+        "\\xNN \\uNNNN \\UNNNNNNNN — write \\\\ for a backslash",
+        m.start(),
+    )
+
+
+def _decode_body(body: str) -> str:
+    """A string literal's body (between the quotes) with Python's escapes decoded."""
+    return _ESCAPE.sub(_escape, body) if "\\" in body else body
+
+
 def _decode_escapes(tok: Token) -> str:
-    """The value of a string token's body, with Python's escapes decoded."""
-    body = tok[1:-1]
-    if "\\" not in body:
-        return body
-
-    def one(m: re.Match[str]) -> str:
-        hexa = m.group(1) or m.group(2) or m.group(3)
-        if hexa:
-            code = int(hexa, 16)
-            if code > 0x10FFFF:
-                raise _Fault(f"escape {m.group()} is beyond the last Unicode code point "
-                             "\\U0010ffff", tok.line or 1, (tok.column or 1) + 1 + m.start())
-            return chr(code)
-        ch = m.group(4)
-        if ch in _SIMPLE_ESCAPES:
-            return _SIMPLE_ESCAPES[ch]
-        where = (tok.column or 1) + 1 + m.start()
-        if ch in _HEX_HINT:
-            raise _Fault(f"malformed escape: write {_HEX_HINT[ch]}", tok.line or 1, where)
-        raise _Fault(
-            f"unknown escape \\{ch}; the escapes are \\n \\t \\r \\\\ \\\" \\' \\a \\b \\f \\v "
-            "\\xNN \\uNNNN \\UNNNNNNNN — write \\\\ for a backslash",
-            tok.line or 1, where,
-        )
-
-    return _ESCAPE.sub(one, body)
+    """The value of a string token, as a positioned _Fault if an escape is malformed."""
+    try:
+        return _decode_body(tok[1:-1])
+    except _BadEscape as exc:
+        raise _Fault(exc.message, tok.line or 1, (tok.column or 1) + 1 + exc.offset) from None
 
 
 class _At:
@@ -659,23 +672,29 @@ def _error(text: str, line: int, column: int, message: str,
 
 # --------------------------------------------------------------------------- fast path
 
-_FP_STR = r""""[^"\\\n]*"|'[^'\\\n]*'"""
+# "Unrolled" string patterns (runs of plain characters between escapes): same language as
+# the grammar's STRING, several times faster than an alternation per character.
+_FP_STR = r""""[^"\\\n]*(?:\\.[^"\\\n]*)*"|'[^'\\\n]*(?:\\.[^'\\\n]*)*'"""
 _FP_SCALAR = rf"(?:{_FP_STR}|[+-]?(?:[1-9][0-9]*|0)(?:\.[0-9]+)?|True|False|None)"
 _W = r"[ \t\r\n]*"
+_FP_ARGS = rf"(?:{_FP_SCALAR}{_W},{_W})*(?:{_FP_SCALAR}{_W})?"
+_FP_CALL = rf"([A-Za-z_][A-Za-z0-9_]*){_W}\({_W}({_FP_ARGS})\)"
 _FP_PAIR = rf"\({_W}(?:{_FP_STR}){_W},{_W}{_FP_SCALAR}{_W},?{_W}\)"
-_FAST = re.compile(
-    rf"{_W}([A-Za-z_][A-Za-z0-9_]*){_W}\({_W}"
-    rf"((?:{_FP_SCALAR}{_W},{_W})*(?:{_FP_SCALAR}{_W})?)"
-    rf"\){_W}"
-    rf"(?:[Ss][Ee][Tt]{_W}\[{_W}((?:{_FP_PAIR}{_W},{_W})*{_FP_PAIR}{_W},?){_W}\]{_W})?"
+_FP_SET = rf"(?:[Ss][Ee][Tt]{_W}\[{_W}((?:{_FP_PAIR}{_W},{_W})*{_FP_PAIR}{_W},?){_W}\]{_W})?"
+# One call, or a fan-out of calls, then an optional SET clause.
+_FAST = re.compile(rf"{_W}{_FP_CALL}{_W}{_FP_SET}")
+_FAST_FAN = re.compile(
+    rf"{_W}\[{_W}((?:{_FP_CALL}{_W},{_W})*{_FP_CALL}{_W},?){_W}\]{_W}->{_W}{_FP_CALL}{_W}"
+    rf"{_FP_SET}"
 )
+_FP_ONE_CALL = re.compile(_FP_CALL)
 _FP_TOKEN = re.compile(_FP_SCALAR)
 
 
 def _fast_scalar(tok: str) -> Any:
     first = tok[0]
     if first == '"' or first == "'":
-        value = tok[1:-1]
+        value = _decode_body(tok[1:-1])
         if value[:1] == "@":
             if value[1:2] == "@":
                 return value[1:]
@@ -700,42 +719,70 @@ def _fast_scalar(tok: str) -> Any:
 def _fast_values(tokens: list[str]) -> list[Any]:
     # Plain strings are by far the most common argument: convert them inline.
     return [
-        t[1:-1] if (t[0] == '"' or t[0] == "'") and t[1:2] != "@" else _fast_scalar(t)
+        t[1:-1]
+        if (t[0] == '"' or t[0] == "'") and t[1:2] != "@" and "\\" not in t
+        else _fast_scalar(t)
         for t in tokens
     ]
+
+
+def _fast_call(name: str, args_text: str, limits: Limits) -> Call | None:
+    if name in _KEYWORDS:
+        return None
+    args = tuple(_fast_values(_FP_TOKEN.findall(args_text))) if args_text else ()
+    if len(args) > limits.max_args:
+        return None
+    return Call(name, args)
+
+
+def _fast_set(set_text: str, limits: Limits) -> tuple[Effect, ...] | None:
+    values = _fast_values(_FP_TOKEN.findall(set_text))
+    if len(values) // 2 > limits.max_effects:
+        return None
+    effects = []
+    for i in range(0, len(values), 2):
+        k, v = values[i], values[i + 1]
+        if type(k) is not str or not k or type(v) is KeyRef:
+            return None
+        effects.append(Effect("SET", (k, v)))
+    return tuple(effects)
 
 
 def _fast_parse(text: str, limits: Limits) -> Transition | None:
     """The result for the common simple shapes, or None to let Lark decide.
 
-    Must return exactly what the Lark path returns, or None (never a wrong answer and
-    never an error: any doubt falls back).  ``tests/test_return_string_parse.py`` checks
-    the agreement with hypothesis.
+    The shapes: one call, or a fan-out of calls, whose arguments are plain scalars
+    (strings, decimal ints and floats, True/False/None), with an optional ``SET`` clause of
+    (string, scalar) pairs.  Must return exactly what the Lark path returns, or None (never
+    a wrong answer and never an error: any doubt falls back).
+    ``tests/test_return_string_parse.py`` checks the agreement with hypothesis.
     """
-    m = _FAST.fullmatch(text)
-    if m is None:
-        return None
-    name, args_text, set_text = m.groups()
-    if name in _KEYWORDS or limits.max_depth < 2:
+    if limits.max_depth < 2:
         return None
     try:
-        args = tuple(_fast_values(_FP_TOKEN.findall(args_text))) if args_text else ()
-        if len(args) > limits.max_args:
+        m = _FAST.fullmatch(text)
+        if m is not None:
+            name, args_text, set_text = m.groups()
+            then: Call | FanOut | None = _fast_call(name, args_text, limits)
+        else:
+            m = _FAST_FAN.fullmatch(text)
+            if m is None:
+                return None
+            groups = m.groups()
+            set_text = groups[-1]
+            join = _fast_call(groups[-3], groups[-2], limits)
+            calls = [_fast_call(c.group(1), c.group(2), limits)
+                     for c in _FP_ONE_CALL.finditer(groups[0])]
+            if join is None or None in calls or len(calls) > limits.max_branches:
+                return None
+            then = FanOut(tuple(calls), join)  # type: ignore[arg-type]
+        if then is None:
             return None
         if set_text is None:
-            return Transition(Call(name, args))
-        values = _fast_values(_FP_TOKEN.findall(set_text))
-        if limits.max_depth < 3 or len(values) // 2 > limits.max_effects:
-            return None
-        keys, items = values[::2], values[1::2]
-        for k, v in zip(keys, items, strict=True):
-            if type(k) is not str or not k or type(v) is KeyRef:
-                return None
-        return Transition(
-            Call(name, args),
-            tuple([Effect("SET", kv) for kv in zip(keys, items, strict=True)]),
-        )
-    except ValueError:  # includes unequal lengths in zip(strict=True)
+            return Transition(then)
+        effects = _fast_set(set_text, limits)
+        return None if effects is None else Transition(then, effects)
+    except (ValueError, IndexError, _BadEscape):
         return None
 
 
