@@ -1,0 +1,110 @@
+"""Fault tests: real VM processes, real Redis, kill -9, zombies and Redis restarts.
+
+Every chain's kernel applies counting effects; whatever dies when, each chain must end and
+each counter must equal exactly its expected value (effects apply once per step).
+"""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from pyrecks.api import Pyrecks
+from pyrecks.vm.records import ChainStatus
+from tests.processes import VMProcess, vms, wait_for_expiry
+from tests.vm_helpers import raw_kernel
+
+pytestmark = pytest.mark.slow
+
+STEPS = 8
+TICK = """
+import time
+def tick(i: int, left: int):
+    time.sleep(0.003)
+    if left == 0:
+        return 'return %d' % i
+    return 'tick(%d, %d) INCRBY [("c:%d", 1), ("total", 1)]' % (i, left - 1, i)
+"""
+
+
+def _start(r: redis.Redis, chains: int) -> tuple[Pyrecks, list[str]]:
+    raw_kernel(r, "tick", TICK)
+    px = Pyrecks(r)
+    return px, [px.start(f"tick({i}, {STEPS})") for i in range(chains)]
+
+
+def _progress_past(px: Pyrecks, chain: str, step: int) -> None:
+    for entry in px.logs(chain, follow=True):
+        if entry.step >= step:
+            return
+
+
+def _check_exact(r: redis.Redis, px: Pyrecks, chains: list[str]) -> None:
+    infos = [px.wait(c, timeout=120) for c in chains]
+    assert [i.status for i in infos] == [ChainStatus.DONE] * len(chains)
+    assert [px.result(c) for c in chains] == list(range(len(chains)))
+    counts = r.mget([f"c:{i}" for i in range(len(chains))])
+    assert [int(c or 0) for c in counts] == [STEPS] * len(chains)
+    assert int(r.get("total") or 0) == STEPS * len(chains)
+
+
+def test_a_killed_vm_and_a_zombie_vm_lose_no_chain_and_apply_effects_once(
+    r: redis.Redis, redis_url: str
+) -> None:
+    px, chains = _start(r, 300)
+    with vms(redis_url, 3, threads=4, lease=1.0) as (a, b, c):
+        _progress_past(px, chains[0], 2)
+        a.kill()  # mid-run: its chains are taken over after its lease
+        b.pause()  # a zombie: presumed dead once its heartbeat key expires …
+        wait_for_expiry(r, "pyrecks:vm:vm-1")
+        wait_for_expiry(r, "pyrecks:vm:vm-0")
+        _progress_past(px, chains[-1], 1)
+        b.resume()  # … comes back and must not commit its stale steps
+        _check_exact(r, px, chains)
+    assert c.process.poll() is None or c.process.returncode is not None
+
+
+def test_a_vm_restarted_under_the_same_name_resumes_its_chains(
+    r: redis.Redis, redis_url: str
+) -> None:
+    px, chains = _start(r, 40)
+    first = VMProcess(redis_url, "steady", threads=4, lease=30.0)
+    try:
+        _progress_past(px, chains[0], 2)
+        first.kill()
+    finally:
+        first.kill()
+    # A long lease: nobody else may take over, but the same name resumes at once.
+    again = VMProcess(redis_url, "steady", threads=4, lease=30.0)
+    try:
+        _check_exact(r, px, chains)
+    finally:
+        again.kill()
+
+
+def test_redis_restart_mid_run_with_aof_loses_no_chain(redis_factory) -> None:  # type: ignore[no-untyped-def]
+    server = redis_factory(appendonly=True)
+    r = server.client()
+    px, chains = _start(r, 150)
+    with vms(server.url, 2, threads=4, lease=2.0):
+        _progress_past(px, chains[0], 2)
+        server.kill()  # kill -9 Redis; appendfsync always keeps every acknowledged write
+        server.start()
+        r = server.client()
+        px = Pyrecks(r)
+        _check_exact(r, px, chains)
+
+
+def test_graceful_drain_hands_chains_back_and_another_vm_finishes_them(
+    r: redis.Redis, redis_url: str
+) -> None:
+    px, chains = _start(r, 60)
+    first = VMProcess(redis_url, "drainer", threads=4, lease=30.0)
+    try:
+        _progress_past(px, chains[0], 2)
+        first.interrupt()  # Ctrl-C
+    finally:
+        first.kill()
+    assert first.process.returncode == 0
+    with vms(redis_url, 1, threads=4, lease=30.0):
+        _check_exact(r, px, chains)
