@@ -10,6 +10,7 @@ a later ``pyrecks run`` — or a ``pyrecks vm`` in another terminal — see the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from pathlib import Path
@@ -95,10 +96,8 @@ class EmbeddedServer:
         if not self.is_running():
             return False
         client = redis.Redis(unix_socket_path=str(self.socket))
-        try:
+        with contextlib.suppress(redis.ConnectionError):  # the server hangs up as it exits
             client.shutdown(save=True)
-        except redis.ConnectionError:
-            pass  # the server closes the connection as it exits
         return True
 
 

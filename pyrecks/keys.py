@@ -60,7 +60,7 @@ class Keyspace:
         return f"{self.namespace}:vms"
 
     def vm(self, name: str) -> str:
-        """String that exists while VM ``name`` is alive (its heartbeat; expires after the lease)."""
+        """Exists while VM ``name`` is alive: its heartbeat, which expires after the lease."""
         return f"{self.namespace}:vm:{name}"
 
     @property
@@ -69,7 +69,7 @@ class Keyspace:
 
     @property
     def failed(self) -> str:
-        """Sorted set of failed chain ids scored by failure time (``pyrecks ls --status failed``)."""
+        """Sorted set of failed chain ids scored by failure time."""
         return f"{self.namespace}:failed"
 
     def _tagged(self, kind: str, chain_id: str) -> str:

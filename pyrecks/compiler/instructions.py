@@ -26,7 +26,7 @@ class KeyRef:
 class FrozenDict(Mapping[Any, Any]):
     """A read-only, hashable mapping that compares equal to a dict with the same items."""
 
-    __slots__ = ("_items", "_hash")
+    __slots__ = ("_hash", "_items")
 
     def __init__(self, items: Mapping[Any, Any] | None = None) -> None:
         self._items: dict[Any, Any] = dict(items or {})

@@ -15,6 +15,7 @@ from typing import Any
 
 import msgpack
 
+from pyrecks.compiler.effects import ALLOWED_COMMANDS
 from pyrecks.compiler.instructions import Effect, thaw
 from pyrecks.errors import PyrecksError
 
@@ -36,6 +37,13 @@ KEY_TYPES: dict[str, str] = {
     "ZINCRBY": "zset",
     "XADD": "stream",
 }
+
+
+if set(KEY_TYPES) != set(ALLOWED_COMMANDS):  # one whitelist: the grammar's
+    raise ImportError(
+        f"pyrecks.vm.effects.KEY_TYPES {sorted(KEY_TYPES)} does not match the effect "
+        f"whitelist {sorted(ALLOWED_COMMANDS)}"
+    )
 
 
 class EffectRejected(PyrecksError):
