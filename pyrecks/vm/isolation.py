@@ -26,10 +26,16 @@ worker process instead:
 * **cores** — each VM worker thread that is running a step holds its own worker process, so
   steps run in parallel on every core.
 
-Workers are started with the ``spawn`` method (never ``fork``: the VM has threads and open
-Redis sockets), lazily, the first time a VM thread needs one and not already idle; the start-up
-cost (~0.1 to 0.3 s) is therefore paid once per worker, not per step.  They ignore SIGINT (so
-Ctrl-C drains the VM instead of failing the running steps) and exit when their pipe closes.
+Workers are started with the ``forkserver`` method, never ``fork``: the VM has threads and
+open Redis sockets, which a plain fork would copy in an undefined state.  The fork server is
+one clean, single-threaded process started once per VM; it imports pyrecks (and the program's
+``__main__``, as every ``spawn``/``forkserver`` child does — keep a script that starts a VM
+behind ``if __name__ == "__main__":``) so that each worker is a cheap fork of it (a few ms)
+rather than a fresh interpreter (~0.5 s of imports).  Workers start lazily, when a VM thread
+needs one and none is idle (or up front with :meth:`ProcessExecutor.warm`), so the start-up
+cost is paid once per worker, not per step; a worker killed for its time limit is replaced
+the same way.  Workers ignore SIGINT (so Ctrl-C drains the VM instead of failing the running
+steps) and exit when their pipe closes.
 
 Costs
 -----
@@ -56,6 +62,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from multiprocessing.context import ForkServerContext, SpawnContext
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -260,6 +267,16 @@ class _Worker:
         self.kill()
 
 
+def _context() -> SpawnContext | ForkServerContext:
+    """``forkserver`` where available (POSIX), with pyrecks preloaded; else ``spawn``."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    # Only takes effect before the server starts (the first worker of this process).
+    ctx.set_forkserver_preload(["__main__", __name__])
+    return ctx
+
+
 class ProcessExecutor:
     """Run each step in a worker process, with hard time and memory limits.
 
@@ -286,7 +303,7 @@ class ProcessExecutor:
             frozenset(policy.forbidden_builtins),
             frozenset(policy.forbidden_attributes),
         )
-        self._ctx = multiprocessing.get_context("spawn")
+        self._ctx = _context()
         self._slots = threading.BoundedSemaphore(workers) if workers else None
         self._lock = threading.Lock()
         self._idle: list[_Worker] = []
@@ -338,6 +355,23 @@ class ProcessExecutor:
                 worker.stop()
                 raise StepFailure("crashed", "the executor is closed")
         return worker
+
+    def warm(self, count: int) -> None:
+        """Start workers until ``count`` are idle, so the first steps do not wait for them."""
+        with self._lock:
+            missing = count - len(self._idle)
+        started: list[_Worker] = []
+        try:
+            for _ in range(max(missing, 0)):
+                started.append(self._start_worker())
+        finally:
+            with self._lock:
+                closed = self._closed
+                if not closed:
+                    self._idle.extend(started)
+            if closed:
+                for worker in started:
+                    worker.stop()
 
     def _checkout(self) -> _Worker:
         if self._slots is not None:
