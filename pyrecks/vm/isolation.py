@@ -30,8 +30,8 @@ Workers are started with the ``forkserver`` method, never ``fork``: the VM has t
 open Redis sockets, which a plain fork would copy in an undefined state.  The fork server is
 one clean, single-threaded process started once per VM; it imports pyrecks (and the program's
 ``__main__``, as every ``spawn``/``forkserver`` child does — keep a script that starts a VM
-behind ``if __name__ == "__main__":``) so that each worker is a cheap fork of it (a few ms)
-rather than a fresh interpreter (~0.5 s of imports).  Workers start lazily, when a VM thread
+behind ``if __name__ == "__main__":``) so that each worker is a cheap fork of it (tens of
+ms) rather than a fresh interpreter (~0.5 s of imports).  Workers start lazily, when a VM thread
 needs one and none is idle (or up front with :meth:`ProcessExecutor.warm`), so the start-up
 cost is paid once per worker, not per step; a worker killed for its time limit is replaced
 the same way.  Workers ignore SIGINT (so Ctrl-C drains the VM instead of failing the running
@@ -273,8 +273,20 @@ def _context() -> SpawnContext | ForkServerContext:
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
     # Only takes effect before the server starts (the first worker of this process).
-    ctx.set_forkserver_preload(["__main__", __name__])
+    ctx.set_forkserver_preload(_preload_modules())
     return ctx
+
+
+def _preload_modules() -> list[str]:
+    """What the fork server imports once so that each forked worker starts in a few ms.
+
+    Every forkserver child re-runs the parent's main module as ``__mp_main__``, and CPython
+    (3.11, 3.12) never preloads it in the server although ``"__main__"`` is listed (it looks
+    for a ``main_path`` key the preparation data does not have).  The re-run is cheap only
+    if what the main module imports is already in the server: hence ``pyrecks.api`` and the
+    CLI module, which is the main module of ``pyrecks vm``.
+    """
+    return ["__main__", __name__, "pyrecks.api", "pyrecks.cli.pyrecks_main"]
 
 
 class ProcessExecutor:
