@@ -36,6 +36,8 @@ VM_COMMANDS = sorted(
             "get", "persist", "zrem", "sismember", "smembers", "lrange", "zrange",
             "xreadgroup", "xack", "xautoclaim", "xclaim", "xgroup|create", "xread", "xrange",
             "multi", "exec", "watch", "unwatch",
+            # hot-patch freshness through client-side caching invalidations
+            "client|id", "client|tracking", "subscribe",
         ]
     )
 )  # fmt: skip
@@ -63,9 +65,12 @@ CLIENT_KEYS = " ".join(
 def setuser(role: str, username: str, password: str, key_patterns: str | None = None) -> str:
     """The ``ACL SETUSER`` command line for ``role`` (``vm`` or ``client``)."""
     if role == "vm":
-        commands, keys = VM_COMMANDS, key_patterns or "~*"
+        commands, keys = (
+            VM_COMMANDS,
+            (key_patterns or "~*") + " resetchannels &__redis__:invalidate",
+        )
     elif role == "client":
-        commands, keys = CLIENT_COMMANDS, key_patterns or CLIENT_KEYS
+        commands, keys = CLIENT_COMMANDS, (key_patterns or CLIENT_KEYS) + " resetchannels"
     else:
         raise ValueError(f"unknown role {role!r}: use 'vm' or 'client'")
     allowed = " ".join(f"+{c}" for c in commands)

@@ -42,7 +42,7 @@ def test_the_chain_flow_runs_under_vm_and_client_acl_users(acl_server: RedisServ
         "def shout(text: str):\n    return 'echo(%r) SET [(\"out\", %r)]' % (text.upper(), text)\n",
     )
     admin.set("echo", "from pyrecks.kernel import done\ndef echo(x: str):\n    return done(x)\n")
-    with vm_px.local_vm(echo=False, threads=2):
+    with vm_px.local_vm(echo=False, threads=2) as vm:
         started = subprocess.run(
             [sys.executable, "-m", "pyrecks", "run", 'shout("@doc")', "--wait", "--json"],
             capture_output=True,
@@ -52,6 +52,7 @@ def test_the_chain_flow_runs_under_vm_and_client_acl_users(acl_server: RedisServ
         )
         assert started.returncode == 0, started.stderr
         chains = client.chains()
+        assert vm.watch.enabled  # the VM role may use client tracking for hot patches
     assert chains[0].status is ChainStatus.DONE
     assert client.result(chains[0].id) == "HELLO ACL"
     assert admin.get("out") == b"hello acl"  # the VM user applied the effect

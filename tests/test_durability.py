@@ -108,3 +108,36 @@ def test_graceful_drain_hands_chains_back_and_another_vm_finishes_them(
     assert first.process.returncode == 0
     with vms(redis_url, 1, threads=4, lease=30.0):
         _check_exact(r, px, chains)
+
+
+MIXED = """
+def mixed(i: int, n: int):
+    # Pure steps, with an effect every fifth step: a crash re-runs the pure steps after
+    # the last checkpoint, and the effects must still land exactly once.
+    if n == 0:
+        return 'return %d' % i
+    if n % 5 == 0:
+        return 'mixed(%d, %d) INCRBY [("m:%d", 1)]' % (i, n - 1, i)
+    return 'mixed(%d, %d)' % (i, n - 1)
+"""
+
+
+def test_pure_steps_skipped_by_checkpointing_are_rerun_after_a_crash(
+    r: redis.Redis, redis_url: str
+) -> None:
+    raw_kernel(r, "mixed", MIXED)
+    px = Pyrecks(r)
+    chains = [px.start(f"mixed({i}, 400)") for i in range(20)]
+    first = VMProcess(redis_url, "mixer", threads=4, lease=30.0)
+    try:
+        _progress_past(px, chains[0], 30)
+        first.kill()
+    finally:
+        first.kill()
+    again = VMProcess(redis_url, "mixer", threads=4, lease=30.0)
+    try:
+        infos = [px.wait(c, timeout=120) for c in chains]
+    finally:
+        again.kill()
+    assert all(i.status is ChainStatus.DONE for i in infos)
+    assert [int(v or 0) for v in r.mget([f"m:{i}" for i in range(20)])] == [80] * 20

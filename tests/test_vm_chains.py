@@ -94,3 +94,37 @@ def test_killing_the_vm_between_steps_leaves_no_half_applied_step(
     assert int(r.get("counter") or 0) == info.step
     assert int(r.get("last") or -1) == info.step - 1
     assert info.call == f"count({info.step})"
+
+
+LOOP_V1 = "def loop(n: int):\n    return 'loop(%d)' % (n + 1)\n"
+LOOP_V2 = "def loop(n: int):\n    return 'return %d' % n\n"
+
+
+def test_hot_patch_reaches_a_chain_whose_steps_never_ask_redis(r: redis.Redis) -> None:
+    # No @key inputs and no effects: the VM learns of the patch only from Redis'
+    # invalidation message (client tracking), not from a per-step round trip.
+    raw_kernel(r, "loop", LOOP_V1)
+    px = Pyrecks(r)
+    with px.local_vm(echo=False) as vm:
+        chain = px.start("loop(0)")
+        for entry in px.logs(chain, follow=True):
+            if entry.step >= 3:
+                break
+        assert vm.watch.enabled
+        assert vm.watch.trusted("loop") is not None  # steps are skipping the digest check
+        raw_kernel(r, "loop", LOOP_V2)
+        info = px.wait(chain, timeout=30)
+    assert info.status is ChainStatus.DONE
+    assert px.result(chain) >= 3
+
+
+def test_pure_steps_are_checkpointed_in_batches_and_still_fully_logged(r: redis.Redis) -> None:
+    raw_kernel(r, "count_down", "def count_down(n: int):\n    print(n)\n    return 'count_down(%d)' % (n - 1) if n else 'return 0'\n")
+    px = Pyrecks(r)
+    with px.local_vm(echo=False, checkpoint_steps=10, checkpoint_ms=60_000):
+        info = px.wait(px.start("count_down(25)"), timeout=30)
+    assert info.status is ChainStatus.DONE
+    assert info.step == 26
+    entries = list(px.logs(info.id))
+    assert [e.text for e in entries if e.kind == "out"] == [str(n) for n in range(25, -1, -1)]
+    assert [e.step for e in entries if e.kind == "step"] == list(range(1, 27))

@@ -65,6 +65,10 @@ class KernelLoader:
         self._digest_of: dict[str, str] = {}
         self._lock = threading.Lock()
 
+    def cached(self, name: str) -> LoadedKernel | None:
+        """The kernel this process last ran for ``name``, if still cached."""
+        return self._by_digest.get(self._digest_of.get(name, ""))
+
     def known_digest(self, name: str) -> str:
         """The digest this process last ran for ``name`` ('' if none)."""
         return self._digest_of.get(name, "")

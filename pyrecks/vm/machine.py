@@ -49,6 +49,7 @@ from pyrecks.vm.convert import ArgumentError, RedisValue, convert
 from pyrecks.vm.effects import KEY_TYPES, EffectRejected, check_patterns, encode_effect
 from pyrecks.vm.executors import KernelExecutor, ThreadExecutor
 from pyrecks.vm.failures import RETRYABLE, StepFailure
+from pyrecks.vm.freshness import KernelWatch
 from pyrecks.vm.loader import KernelLoader, LoadedKernel
 from pyrecks.vm.registry import beat
 from pyrecks.vm.sandbox import OutputBuffer, Sandbox
@@ -85,6 +86,12 @@ class VMConfig:
     #: "thread" (default) or "process" (hard time and memory limits, both cores).
     isolation: str = "thread"
     memory_limit_mb: int = 512
+    #: A step without effects needs no commit of its own (a crash re-runs it from the last
+    #: checkpoint); checkpoint anyway after this many steps or milliseconds.
+    checkpoint_steps: int = 100
+    checkpoint_ms: float = 100.0
+    #: Learn about hot patches from Redis invalidation messages instead of asking each step.
+    track_kernels: bool = True
 
 
 @dataclass
@@ -102,6 +109,10 @@ class ChainRun:
     abandoned: bool = False
     attempts: int = 0
     retries: int = 0
+    #: The step Redis has (the last checkpoint); ``step`` may be ahead by pure steps.
+    committed_step: int = 0
+    checkpoint_at: float = field(default_factory=time.monotonic)
+    pending_logs: list[list[str]] = field(default_factory=list)
 
 
 class _Lost(Exception):
@@ -143,6 +154,8 @@ class VM:
         )
         self.loader = KernelLoader(KernelStore(r, self.keyspace), self.policy, self.sandbox)
         self.executor: KernelExecutor = executor or self._make_executor()
+        self.watch = KernelWatch(r.connection_pool)
+        self._local = threading.local()
         self._work: queue.Queue[tuple[str, dict[str, str], bool] | None] = queue.Queue()
         self._idle = threading.Semaphore(0)
         self._stopping = threading.Event()
@@ -167,6 +180,8 @@ class VM:
         return self.config.name
 
     def start(self) -> VM:
+        if self.config.track_kernels:
+            self.watch.start()
         self._ensure_group()
         self._beat()
         # Entries this VM name left pending (a restart after a crash) resume first.
@@ -190,6 +205,7 @@ class VM:
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             t.join(left)
         self.executor.close()
+        self.watch.stop()
         with contextlib.suppress(*_REDIS_DOWN):  # else our heartbeat key expires on its own
             self._beat(state="stopped")
         self._stopped.set()
@@ -398,6 +414,7 @@ class VM:
             parent=_s(parent) if parent else None,
             branch=_s(branch) if branch is not None else None,
             clear_join=bool(join_text),
+            committed_step=int(step),
         )
         if reclaimed:
             self._say(f"[{chain_id}] resuming at step {run.step} (taken over)")
@@ -494,34 +511,16 @@ class VM:
             f"{failure} (next try in {delay:g}s)"
         )
         self._say(f"[{run.id}] retry: {text}")
-        entry = self._log_entry(run, "retry", run.call.name, text, _now())
-        self._with_redis(
-            lambda: self.r.xadd(
-                self.keyspace.log(run.id),
-                dict(zip(entry[::2], entry[1::2], strict=True)),
-                maxlen=self.config.max_log,
-                approximate=True,
-            )
-        )
+        run.pending_logs.append(self._log_entry(run, "retry", run.call.name, text, _now()))
+        self._flush_logs(run)
         self._stopping.wait(delay)
 
     def _step(self, run: ChainRun) -> Transition | None:
         call = run.call
-        ks = self.keyspace
         refs = [a.key for a in call.args if isinstance(a, KeyRef)]
-        known = self.loader.known_digest(call.name)
-        prep = self._with_redis(
-            lambda: self.scripts.prepare(keys=[ks.kernel(call.name), *refs], args=[known])
-        )
-        try:
-            kernel = self.loader.resolve(call.name, _s(prep[0]), prep[1])
-        except KernelNotFound as exc:
-            raise StepFailure("missing_kernel", str(exc)) from None
-        except KernelRejected as exc:
-            detail = "; ".join(str(f) for f in exc.findings)
-            raise StepFailure("lint", f"kernel {call.name!r} was refused: {detail}") from None
+        kernel, contents = self._load(run, call, refs)
         run.retries = kernel.retries if kernel.retries is not None else self.policy.default_retries
-        values = iter(prep[2:])
+        values = iter(contents)
         args: list[Any] = []
         for i, arg in enumerate(call.args):
             if isinstance(arg, KeyRef):
@@ -540,7 +539,11 @@ class VM:
         try:
             returned = self._execute(run, kernel, args, output)
         except StepFailure:
-            self._log_output(run, call.name, output)
+            # What a failing step printed is usually why it failed: keep it.
+            now = _now()
+            run.pending_logs += [
+                self._log_entry(run, "out", call.name, line, now) for line in output.lines
+            ]
             raise
         if run.abandoned:
             return None
@@ -562,14 +565,49 @@ class VM:
         self._commit(run, kernel, transition, output)
         return transition
 
-    def _log_output(self, run: ChainRun, kernel: str, output: OutputBuffer) -> None:
-        """Keep what a failing step printed: it is usually why it failed."""
-        if not output.lines:
+    def _load(self, run: ChainRun, call: Call, refs: list[str]) -> tuple[LoadedKernel, list[Any]]:
+        """The kernel for ``call`` and the contents of its ``@key`` arguments.
+
+        With no ``@key`` arguments and a kernel digest that Redis' invalidation messages say
+        is unchanged, this costs no round trip at all.
+        """
+        key = self.keyspace.kernel(call.name)
+        known = self.loader.known_digest(call.name)
+        if not refs and known and self.watch.trusted(key) == known:
+            cached = self.loader.cached(call.name)
+            if cached is not None:
+                return cached, []
+        rc = self._client()
+        prep = self._with_redis(
+            lambda: self.scripts.prepare(keys=[key, *refs], args=[known], client=rc)
+        )
+        try:
+            kernel = self.loader.resolve(call.name, _s(prep[0]), prep[1])
+        except KernelNotFound as exc:
+            raise StepFailure("missing_kernel", str(exc)) from None
+        except KernelRejected as exc:
+            detail = "; ".join(str(f) for f in exc.findings)
+            raise StepFailure("lint", f"kernel {call.name!r} was refused: {detail}") from None
+        if self.watch.enabled and self.watch.trusted(key) != kernel.digest:
+            self.watch.track(key)
+        return kernel, list(prep[2:])
+
+    def _client(self) -> redis.Redis:
+        """This thread's own connection: no pool checkout per command on the hot path."""
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = redis.Redis(
+                connection_pool=self.r.connection_pool, single_connection_client=True
+            )
+            self._local.client = client
+        return client
+
+    def _flush_logs(self, run: ChainRun) -> None:
+        """Write buffered log entries outside a commit (before a retry's backoff)."""
+        if not run.pending_logs:
             return
-        now = _now()
         pipe = self.r.pipeline(transaction=False)
-        for line in output.lines:
-            entry = self._log_entry(run, "out", kernel, line, now)
+        for entry in run.pending_logs:
             pipe.xadd(
                 self.keyspace.log(run.id),
                 dict(zip(entry[::2], entry[1::2], strict=True)),
@@ -577,6 +615,7 @@ class VM:
                 approximate=True,
             )
         self._with_redis(pipe.execute)
+        run.pending_logs.clear()
 
     def _echo_for(self, run: ChainRun, kernel: str) -> Callable[[str], None]:
         prefix = f"[{run.id} {run.step + 1} {kernel}]"
@@ -656,7 +695,7 @@ class VM:
         """Run a fenced script; after a lost connection, find out whether it landed."""
         packed = pack(payload)
         try:
-            return script(keys=keys, args=[packed])
+            return script(keys=keys, args=[packed], client=self._client())
         except _REDIS_DOWN:
             pass
         # The reply was lost: Redis may or may not have run the script.  The fence tells:
@@ -666,9 +705,9 @@ class VM:
         )
         owner, epoch, step, status = (_s(f) if f is not None else "" for f in fields)
         mine = owner == self.name and epoch == run.epoch
-        if mine and step == str(run.step) and status == "running":
+        if mine and step == str(run.committed_step) and status == "running":
             return self._with_redis(lambda: script(keys=keys, args=[packed]))
-        if epoch == run.epoch and step != str(run.step):
+        if epoch == run.epoch and step != str(run.committed_step):
             return [b"ok"]
         if epoch == run.epoch and status in ("done", "failed", "waiting"):
             return [b"ok"]
@@ -692,14 +731,21 @@ class VM:
         except EffectRejected as exc:
             raise StepFailure("effect", str(exc)) from None
         step = run.step + 1
+        logs = run.pending_logs
+        logs += [self._log_entry(run, "out", kernel.name, line, now) for line in output.lines]
+        if isinstance(then, Call) and not effects and not self._checkpoint_due(run, step):
+            # A pure step: no commit of its own.  A crash re-runs it from the checkpoint.
+            logs.append(self._log_entry(run, "step", kernel.name, f"-> {render_call(then)}", now))
+            run.step = step
+            run.call = then
+            return
         fields: list[str] = ["step", str(step), "kernel", kernel.name, "updated", now]
         if run.clear_join:
             fields += ["join", ""]
-        logs = [self._log_entry(run, "out", kernel.name, line, now) for line in output.lines]
         payload: dict[str, Any] = {
             "owner": self.name,
             "epoch": run.epoch,
-            "step": str(run.step),
+            "step": str(run.committed_step),
             "prefix": ks.internal_prefix,
             "types": KEY_TYPES,
             "effects": effects,
@@ -755,22 +801,61 @@ class VM:
         if status == "fenced":
             self._say(f"[{run.id}] stopped: the chain is {_s(got[1])} and no longer ours")
             raise _Lost()
-        run.step = step
+        run.step = run.committed_step = step
+        run.pending_logs = []
+        run.checkpoint_at = time.monotonic()
         run.clear_join = False
         if isinstance(then, Call):
             run.call = then
+
+    def _checkpoint_due(self, run: ChainRun, step: int) -> bool:
+        if run.clear_join or step - run.committed_step >= self.config.checkpoint_steps:
+            return True
+        return (time.monotonic() - run.checkpoint_at) * 1000 >= self.config.checkpoint_ms
+
+    def _commit_checkpoint(self, run: ChainRun) -> None:
+        """Commit the in-memory progress of pure steps (no effects, same next call)."""
+        ks = self.keyspace
+        now = _now()
+        payload: dict[str, Any] = {
+            "owner": self.name,
+            "epoch": run.epoch,
+            "step": str(run.committed_step),
+            "prefix": ks.internal_prefix,
+            "types": KEY_TYPES,
+            "effects": [],
+            "fields": ["step", str(run.step), "call", render_call(run.call), "updated", now],
+            "logs": run.pending_logs,
+            "maxlog": str(self.config.max_log),
+            "retention": str(self.config.retention),
+            "now": now,
+        }
+        got = self._run_fenced(
+            self.scripts.commit, [ks.chain(run.id), ks.log(run.id), ks.kernels], payload, run
+        )
+        if _s(got[0]) != "ok":
+            raise _Lost()
+        run.committed_step = run.step
+        run.pending_logs = []
 
     def _fail(self, run: ChainRun, failure: StepFailure) -> bool:
         """Record the failure (fenced); return True if the chain's entry can be acked."""
         ks = self.keyspace
         now = _now()
         text = str(failure)
+        detail = text + ("\n" + failure.tb if failure.tb else "")
         attempts = str(run.attempts + 1)
         payload: dict[str, Any] = {
             "owner": self.name,
             "epoch": run.epoch,
-            "step": str(run.step),
+            "step": str(run.committed_step),
             "fields": [
+                # The pure steps since the checkpoint are kept: the chain resumes (retry)
+                # at the call that failed.
+                "step",
+                str(run.step),
+                "call",
+                render_call(run.call),
                 "status",
                 "failed",
                 "owner",
@@ -790,15 +875,7 @@ class VM:
                 "attempts",
                 attempts,
             ],
-            "logs": [
-                self._log_entry(
-                    run,
-                    "error",
-                    run.call.name,
-                    text + ("\n" + failure.tb if failure.tb else ""),
-                    now,
-                )
-            ],
+            "logs": [*run.pending_logs, self._log_entry(run, "error", run.call.name, detail, now)],
             "maxlog": str(self.config.max_log),
             "retention": str(self.config.retention),
             "results": ks.results(run.id),
@@ -834,7 +911,18 @@ class VM:
 
     def _release(self, run: ChainRun) -> bool:
         ks = self.keyspace
-        payload = {"owner": self.name, "epoch": run.epoch, "step": str(run.step), "now": _now()}
+        if run.step != run.committed_step:
+            # Keep the progress of pure steps: checkpoint before handing the chain back.
+            try:
+                self._commit_checkpoint(run)
+            except (_Lost, StepFailure):
+                return self._lost(run)
+        payload = {
+            "owner": self.name,
+            "epoch": run.epoch,
+            "step": str(run.committed_step),
+            "now": _now(),
+        }
         try:
             got = self._run_fenced(
                 self.scripts.release, [ks.chain(run.id), ks.starts], payload, run

@@ -54,6 +54,7 @@ class Watchdog:
         self._deadlines: dict[int, Deadline] = {}
         self._wake = threading.Condition()
         self._stopped = False
+        self._next_wake = 0.0
         self._thread = threading.Thread(target=self._run, name="pyrecks-watchdog", daemon=True)
         self._thread.start()
 
@@ -67,7 +68,10 @@ class Watchdog:
         )
         with self._wake:
             self._deadlines[id(deadline)] = deadline
-            self._wake.notify()
+            # Waking the watchdog thread costs a thread switch per step; only do it when
+            # this deadline comes before the one it is already waiting for.
+            if deadline.expires < self._next_wake:
+                self._wake.notify()
         return deadline
 
     def disarm(self, deadline: Deadline) -> bool:
@@ -108,4 +112,6 @@ class Watchdog:
                         next_wake = min(next_wake, now + self.repeat)
                     else:
                         next_wake = min(next_wake, d.expires)
+                self._next_wake = next_wake
                 self._wake.wait(timeout=max(next_wake - time.monotonic(), 0.001))
+                self._next_wake = 0.0
