@@ -111,3 +111,48 @@ def environment() -> dict[str, Any]:
         "machine": platform.machine(),
         "system": platform.system(),
     }
+
+
+# -- shared by bench_chains: whole-run samples, rates, JSON files ---------------------------
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Median and min-max of a few whole-run samples (any unit: us per step, steps/s...).
+
+    ``Stats`` times many calls per batch; a chain benchmark instead gets one number per run
+    (a 200-step chain, a 6,400-step fan-in), so it summarises the runs themselves.
+    """
+
+    median: float
+    min: float
+    max: float
+    runs: int
+
+    def spread(self, digits: int = 1) -> str:
+        return f"{self.min:,.{digits}f}-{self.max:,.{digits}f}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def summarize(samples: Sequence[float]) -> Summary:
+    """Summarise one sample per run; refuses an empty list (a silent zero would mislead)."""
+    if not samples:
+        raise ValueError("no samples to summarise")
+    return Summary(statistics.median(samples), min(samples), max(samples), len(samples))
+
+
+def stats_from_batches(batches: Sequence[float], number: int) -> Stats:
+    """Public form of the batch summary: ``batches`` in seconds, ``number`` ops each."""
+    return _stats(batches, number)
+
+
+def write_json(report: dict[str, Any], path: str) -> None:
+    """Write ``report`` to ``path`` (``-`` means stdout), for tracking numbers over time."""
+    text = json.dumps(report, indent=2, sort_keys=True)
+    if path == "-":
+        print(text)
+        return
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text + "\n")
