@@ -566,7 +566,7 @@ def _parse_only(text: str) -> tuple[str, ...]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 2 repeats, one fan-in thread count (~1 min)")
+                        help="smoke run: 2 repeats, one fan-in thread count (~20 s)")
     parser.add_argument("--json", metavar="PATH",
                         help="also write the results as JSON to PATH ('-' for stdout)")
     parser.add_argument("--repeat", type=int, help="timed runs per workload (default 5)")
