@@ -50,6 +50,7 @@ from pyrecks.vm.effects import KEY_TYPES, EffectRejected, check_patterns, encode
 from pyrecks.vm.executors import KernelExecutor, ThreadExecutor
 from pyrecks.vm.failures import RETRYABLE, StepFailure
 from pyrecks.vm.freshness import KernelWatch
+from pyrecks.vm.groupcommit import GroupCommitter
 from pyrecks.vm.loader import KernelLoader, LoadedKernel
 from pyrecks.vm.registry import beat
 from pyrecks.vm.sandbox import OutputBuffer, Sandbox
@@ -92,6 +93,8 @@ class VMConfig:
     checkpoint_ms: float = 100.0
     #: Learn about hot patches from Redis invalidation messages instead of asking each step.
     track_kernels: bool = True
+    #: Send the commits of concurrently running chains together, one round trip per batch.
+    group_commit: bool = True
 
 
 @dataclass
@@ -155,6 +158,7 @@ class VM:
         self.loader = KernelLoader(KernelStore(r, self.keyspace), self.policy, self.sandbox)
         self.executor: KernelExecutor = executor or self._make_executor()
         self.watch = KernelWatch(r.connection_pool)
+        self.committer = GroupCommitter(self._client)
         self._local = threading.local()
         self._work: queue.Queue[tuple[str, dict[str, str], bool] | None] = queue.Queue()
         self._idle = threading.Semaphore(0)
@@ -695,6 +699,8 @@ class VM:
         """Run a fenced script; after a lost connection, find out whether it landed."""
         packed = pack(payload)
         try:
+            if self.config.group_commit:
+                return self.committer.call(script, keys, packed)
             return script(keys=keys, args=[packed], client=self._client())
         except _REDIS_DOWN:
             pass
