@@ -58,7 +58,9 @@ CLIENT_COMMANDS = sorted(
 #: (``pyrecks:policy``) nor the kernel registry (``pyrecks:kernels``), nor any user data.
 CLIENT_KEYS = " ".join(
     f"~pyrecks:{k}"
-    for k in ("chain:*", "log:*", "results:*", "chains", "starts", "failed", "vms", "vm:*")
+    for k in (
+        "chain:*", "log:*", "end:*", "results:*", "chains", "starts", "failed", "vms", "vm:*"
+    )
 )
 
 

@@ -145,35 +145,48 @@ class Pyrecks:
     ) -> ChainInfo:
         """Block until the chain is done, failed or cancelled (or ``timeout`` passes).
 
-        Waiting follows the chain's log stream (XREAD BLOCK), so it wakes on each step
-        rather than polling.  ``on_entry`` sees every log entry (progress, kernel output).
+        Without ``on_entry`` it blocks on the chain's end stream (one entry, written by the
+        script that ends the chain), so a waiter costs the VM nothing per step.  With
+        ``on_entry`` it follows the log stream (every step, kernel output) and re-reads the
+        chain record when an ``end`` or ``error`` entry arrives.  Either way the record is
+        re-read at least once a second.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         key = self.keyspace.log(chain_id)
         last = "0-0"
+        recheck = True
         while True:
-            info = self.status(chain_id)
-            if info.status.finished and on_entry is None:
-                return info
+            if recheck:
+                info = self.status(chain_id)
+                recheck = False
+                if info.status.finished:
+                    if on_entry is not None:
+                        rest: Any = self.r.xrange(key, min=f"({last}" if last != "0-0" else "-")
+                        for entry_id, fields in rest:
+                            on_entry(LogEntry.from_stream(entry_id, fields))
+                    return info
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                if info.status.finished:
-                    return info
                 raise TimeoutError(
                     f"chain {chain_id} is still {info.status.value} after {timeout}s"
                 )
             block = 1000 if left is None else max(1, min(1000, int(left * 1000)))
-            # A finished chain: read what is left without blocking (block=0 would wait forever).
-            wait_ms = None if info.status.finished else block
-            got: Any = self.r.xread({key: last}, count=500, block=wait_ms)
+            if on_entry is None:
+                # Nothing to show: sleep on the chain's end stream, not on every step.
+                self.r.xread({self.keyspace.ended(chain_id): "0-0"}, block=block)
+                recheck = True
+                continue
+            got: Any = self.r.xread({key: last}, count=1000, block=block)
+            if not got:
+                recheck = True
             for _key, entries in got or []:
                 for entry_id, fields in entries:
                     entry = LogEntry.from_stream(entry_id, fields)
                     last = entry.id
+                    if entry.kind in ("end", "error"):
+                        recheck = True
                     if on_entry is not None:
                         on_entry(entry)
-            if info.status.finished and not got:
-                return info
 
     def cancel(self, chain_id: str) -> bool:
         """Cancel a chain and its fan-out branches.

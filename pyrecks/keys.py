@@ -84,6 +84,13 @@ class Keyspace:
         """Stream: the chain's append-only log (steps, kernel output, errors)."""
         return self._tagged("log", chain_id)
 
+    def ended(self, chain_id: str) -> str:
+        """Stream that gets one entry when the chain ends (what ``Pyrecks.wait`` blocks on).
+
+        The scripts derive it from the chain key (``:chain:{`` -> ``:end:{``).
+        """
+        return self._tagged("end", chain_id)
+
     def results(self, chain_id: str) -> str:
         """Hash: branch index -> result of each fan-out branch of ``chain_id``."""
         return self._tagged("results", chain_id)

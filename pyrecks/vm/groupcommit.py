@@ -24,7 +24,7 @@ import redis
 
 @dataclass
 class _Request:
-    sha_call: tuple[str, list[str], bytes]
+    sha_call: tuple[str, list[str], list[Any]]
     done: threading.Event = field(default_factory=threading.Event)
     lead: bool = False
     result: Any = None
@@ -43,9 +43,9 @@ class GroupCommitter:
         self.batches = 0
         self.commits = 0
 
-    def call(self, script: Any, keys: list[str], payload: bytes) -> Any:
-        """Run ``script`` (a registered redis-py Script) with ``keys`` and ``payload``."""
-        request = _Request((script.sha, keys, payload))
+    def call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """Run ``script`` (a registered redis-py Script) with ``keys`` and ``args``."""
+        request = _Request((script.sha, keys, args))
         with self._lock:
             self._queue.append(request)
             lead = not self._busy
@@ -86,13 +86,13 @@ class GroupCommitter:
         self.commits += len(batch)
         try:
             if len(batch) == 1:
-                sha, keys, payload = batch[0].sha_call
-                batch[0].result = script(keys=keys, args=[payload], client=client)
+                sha, keys, args = batch[0].sha_call
+                batch[0].result = script(keys=keys, args=args, client=client)
                 return
             pipe = client.pipeline(transaction=False)
             for request in batch:
-                sha, keys, payload = request.sha_call
-                pipe.evalsha(sha, len(keys), *keys, payload)
+                sha, keys, args = request.sha_call
+                pipe.evalsha(sha, len(keys), *keys, *args)
             try:
                 results = pipe.execute(raise_on_error=False)
             except redis.exceptions.NoScriptError:
@@ -101,8 +101,8 @@ class GroupCommitter:
                 if isinstance(result, redis.exceptions.NoScriptError):
                     # Redis restarted and lost its script cache: run this one by itself,
                     # which re-loads the script.
-                    sha, keys, payload = request.sha_call
-                    request.result = script(keys=keys, args=[payload], client=client)
+                    sha, keys, args = request.sha_call
+                    request.result = script(keys=keys, args=args, client=client)
                 elif isinstance(result, BaseException):
                     request.error = result
                 else:

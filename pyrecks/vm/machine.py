@@ -46,7 +46,7 @@ from pyrecks.compiler.store import KernelStore
 from pyrecks.errors import KernelNotFound, KernelRejected, PyrecksError, ReturnStringError
 from pyrecks.keys import Keyspace
 from pyrecks.vm.convert import ArgumentError, RedisValue, convert
-from pyrecks.vm.effects import KEY_TYPES, EffectRejected, check_patterns, encode_effect
+from pyrecks.vm.effects import EffectRejected, check_patterns, encode_effect
 from pyrecks.vm.executors import KernelExecutor, ThreadExecutor
 from pyrecks.vm.failures import RETRYABLE, StepFailure
 from pyrecks.vm.freshness import KernelWatch
@@ -697,11 +697,17 @@ class VM:
         self, script: Any, keys: list[str], payload: dict[str, Any], run: ChainRun
     ) -> Any:
         """Run a fenced script; after a lost connection, find out whether it landed."""
-        packed = pack(payload)
+        packed: list[bytes | str] = [pack(payload)]
+        if script is self.scripts.commit:
+            packed += [
+                self.keyspace.internal_prefix,
+                str(self.config.max_log),
+                str(self.config.retention),
+            ]
         try:
             if self.config.group_commit:
                 return self.committer.call(script, keys, packed)
-            return script(keys=keys, args=[packed], client=self._client())
+            return script(keys=keys, args=packed, client=self._client())
         except _REDIS_DOWN:
             pass
         # The reply was lost: Redis may or may not have run the script.  The fence tells:
@@ -712,7 +718,7 @@ class VM:
         owner, epoch, step, status = (_s(f) if f is not None else "" for f in fields)
         mine = owner == self.name and epoch == run.epoch
         if mine and step == str(run.committed_step) and status == "running":
-            return self._with_redis(lambda: script(keys=keys, args=[packed]))
+            return self._with_redis(lambda: script(keys=keys, args=packed))
         if epoch == run.epoch and step != str(run.committed_step):
             return [b"ok"]
         if epoch == run.epoch and status in ("done", "failed", "waiting"):
@@ -752,11 +758,7 @@ class VM:
             "owner": self.name,
             "epoch": run.epoch,
             "step": str(run.committed_step),
-            "prefix": ks.internal_prefix,
-            "types": KEY_TYPES,
             "effects": effects,
-            "maxlog": str(self.config.max_log),
-            "retention": str(self.config.retention),
             "now": now,
         }
         if isinstance(then, Call):
@@ -827,13 +829,9 @@ class VM:
             "owner": self.name,
             "epoch": run.epoch,
             "step": str(run.committed_step),
-            "prefix": ks.internal_prefix,
-            "types": KEY_TYPES,
             "effects": [],
             "fields": ["step", str(run.step), "call", render_call(run.call), "updated", now],
             "logs": run.pending_logs,
-            "maxlog": str(self.config.max_log),
-            "retention": str(self.config.retention),
             "now": now,
         }
         got = self._run_fenced(

@@ -27,6 +27,9 @@ redis.call('HSET', KEYS[1], 'id', ARGV[1], 'status', ARGV[5], 'step', '0', 'call
 if ARGV[6] ~= '' then
   redis.call('HSET', KEYS[1], 'error', ARGV[6], 'error_kind', ARGV[7], 'finished', ARGV[3])
   redis.call('EXPIRE', KEYS[1], ARGV[8])
+  local ended = (string.gsub(KEYS[1], ':chain:{', ':end:{', 1))
+  redis.call('XADD', ended, '*', 'status', ARGV[5])
+  redis.call('EXPIRE', ended, ARGV[8])
 end
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 if ARGV[4] == '1' then redis.call('XADD', KEYS[3], '*', 'chain', ARGV[1]) end
@@ -102,24 +105,44 @@ end
 
 _LOG = """
 for _, entry in ipairs(p.logs) do
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', p.maxlog, '*', unpack(entry))
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlog, '*', unpack(entry))
 end
 """
 
 _EXPIRE_FINISHED = """
-local function expire_chain(key, log, results)
-  redis.call('EXPIRE', key, p.retention)
-  redis.call('EXPIRE', log, p.retention)
-  if redis.call('EXISTS', results) == 1 then redis.call('EXPIRE', results, p.retention) end
+local function announce_end(key, status)
+  -- One entry on the chain's "end" stream wakes whoever waits for it (Pyrecks.wait).
+  local ended = (string.gsub(key, ':chain:{', ':end:{', 1))
+  redis.call('XADD', ended, '*', 'status', status)
+  redis.call('EXPIRE', ended, retention)
+end
+local function expire_chain(key, log, results, status)
+  announce_end(key, status)
+  redis.call('EXPIRE', key, retention)
+  redis.call('EXPIRE', log, retention)
+  if redis.call('EXISTS', results) == 1 then redis.call('EXPIRE', results, retention) end
 end
 """
 
-# KEYS: chain, log, kernels set.  ARGV: msgpack payload (see VM._commit).
+
+def _lua_key_types() -> str:
+    from pyrecks.vm.effects import KEY_TYPES
+
+    pairs = ", ".join(f"{cmd} = '{kind}'" for cmd, kind in sorted(KEY_TYPES.items()))
+    return f"local KEY_TYPES = {{{pairs}}}\n"
+
+
+# KEYS: chain, log, kernels set.  ARGV: msgpack payload (see VM._commit), the internal key
+# prefix, the log's max length, the retention of finished chains.  What is the same for
+# every commit travels as plain arguments or lives in the script, not in the payload, so
+# Redis does not decode it again for each step.
 COMMIT = (
     _FENCE
+    + "local maxlog, retention = ARGV[3], ARGV[4]\n"
+    + _lua_key_types()
     + _EXPIRE_FINISHED
     + """
-local prefix = p.prefix
+local prefix = ARGV[2]
 for _, e in ipairs(p.effects) do
   local cmd, key = e[1], e[2]
   if string.sub(key, 1, string.len(prefix)) == prefix then
@@ -131,7 +154,7 @@ for _, e in ipairs(p.effects) do
             'kernels change only through pyrecksc compile'}
   end
   local t = redis.call('TYPE', key)['ok']
-  local want = p.types[cmd]
+  local want = KEY_TYPES[cmd]
   if t == 'hash' and redis.call('HEXISTS', key, 'source') == 1
      and redis.call('HEXISTS', key, 'digest') == 1 then
     return {'rejected', cmd .. ' ' .. key .. ': "' .. key .. '" is a kernel record; ' ..
@@ -162,7 +185,7 @@ if p.fanout then
   end
 end
 if p.done then
-  expire_chain(chain, KEYS[2], p.done.results)
+  expire_chain(chain, KEYS[2], p.done.results, 'done')
   local up = p.done.parent
   if up then
     redis.call('HSET', up.results, up.index, p.done.result)
@@ -180,23 +203,25 @@ return {'ok'}
 # KEYS: chain, log.  ARGV: msgpack payload with fields/logs/retention/parent.
 FAIL = (
     _FENCE
+    + "local maxlog, retention = p.maxlog, p.retention\n"
     + _EXPIRE_FINISHED
     + """
 redis.call('HSET', chain, unpack(p.fields))
 """
     + _LOG
     + """
-expire_chain(chain, KEYS[2], p.results)
+expire_chain(chain, KEYS[2], p.results, 'failed')
 redis.call('ZADD', p.failed, p.now, p.id)
 local up = p.parent
 if up and redis.call('HGET', up.key, 'status') == 'waiting' then
   redis.call('HSET', up.key, 'status', 'failed', 'error', up.error, 'error_kind', 'branch',
              'finished', p.now, 'updated', p.now, 'owner', '')
-  redis.call('XADD', up.log, 'MAXLEN', '~', p.maxlog, '*', 'kind', 'error', 'step',
+  redis.call('XADD', up.log, 'MAXLEN', '~', maxlog, '*', 'kind', 'error', 'step',
              redis.call('HGET', up.key, 'step') or '0', 'kernel', '', 'text', up.error,
              'ts', p.now)
-  redis.call('EXPIRE', up.key, p.retention)
-  redis.call('EXPIRE', up.log, p.retention)
+  redis.call('EXPIRE', up.key, retention)
+  redis.call('EXPIRE', up.log, retention)
+  announce_end(up.key, 'failed')
   redis.call('ZADD', p.failed, p.now, up.id)
 end
 return {'ok'}
@@ -214,6 +239,7 @@ redis.call('HSET', KEYS[1], 'status', 'queued', 'owner', '', 'error', '', 'error
            'traceback', '', 'finished', '', 'updated', ARGV[1], 'attempts', '0')
 redis.call('PERSIST', KEYS[1])
 redis.call('PERSIST', KEYS[2])
+redis.call('DEL', (string.gsub(KEYS[1], ':chain:{', ':end:{', 1)))
 redis.call('ZREM', KEYS[4], ARGV[2])
 if ARGV[3] ~= '' and redis.call('HGET', ARGV[3], 'status') == 'failed'
    and redis.call('HGET', ARGV[3], 'error_kind') == 'branch' then
@@ -249,6 +275,9 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'kind', 'end', 'step',
            'ts', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
+local ended = (string.gsub(KEYS[1], ':chain:{', ':end:{', 1))
+redis.call('XADD', ended, '*', 'status', 'cancelled')
+redis.call('EXPIRE', ended, ARGV[3])
 return 'ok'
 """
 

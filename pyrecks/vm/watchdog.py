@@ -48,13 +48,13 @@ class Deadline:
 class Watchdog:
     """One thread per VM that enforces every kernel's deadline."""
 
-    def __init__(self, grace: float = 2.0, repeat: float = 0.1) -> None:
+    def __init__(self, grace: float = 2.0, repeat: float = 0.1, tick: float = 0.05) -> None:
         self.grace = grace
         self.repeat = repeat
+        self.tick = tick
         self._deadlines: dict[int, Deadline] = {}
         self._wake = threading.Condition()
         self._stopped = False
-        self._next_wake = 0.0
         self._thread = threading.Thread(target=self._run, name="pyrecks-watchdog", daemon=True)
         self._thread.start()
 
@@ -66,12 +66,10 @@ class Watchdog:
             limit=limit,
             on_abandon=on_abandon,
         )
+        # No notify: waking the watchdog thread would cost a thread switch per step.  It
+        # checks every ``tick`` seconds instead, so a limit fires at most one tick late.
         with self._wake:
             self._deadlines[id(deadline)] = deadline
-            # Waking the watchdog thread costs a thread switch per step; only do it when
-            # this deadline comes before the one it is already waiting for.
-            if deadline.expires < self._next_wake:
-                self._wake.notify()
         return deadline
 
     def disarm(self, deadline: Deadline) -> bool:
@@ -112,6 +110,5 @@ class Watchdog:
                         next_wake = min(next_wake, now + self.repeat)
                     else:
                         next_wake = min(next_wake, d.expires)
-                self._next_wake = next_wake
-                self._wake.wait(timeout=max(next_wake - time.monotonic(), 0.001))
-                self._next_wake = 0.0
+                wake_in = min(next_wake - time.monotonic(), self.tick)
+                self._wake.wait(timeout=max(wake_in, 0.001))
