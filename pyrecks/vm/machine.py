@@ -95,6 +95,28 @@ class VMConfig:
     track_kernels: bool = True
     #: Send the commits of concurrently running chains together, one round trip per batch.
     group_commit: bool = True
+    #: With at most this many chains running, a chain's next kernel runs while its previous
+    #: step's commit is on the wire (see _InFlight); above it, group commit takes over.
+    pipeline_below: int = 4
+
+
+@dataclass
+class _InFlight:
+    """A step commit sent but not yet acknowledged, and how to undo our optimism.
+
+    While it is on the wire the chain's next kernel already runs: kernels are pure and the
+    next call reads no ``@key`` (a call that does waits for the commit first), so nothing
+    can observe the difference.  If the commit turns out refused or fenced, the next
+    step's work is thrown away and the chain is where the commit left it.
+    """
+
+    keys: list[str]
+    args: list[bytes | str]
+    committed_before: int
+    step_before: int
+    call_before: Call
+    logs_before: list[list[str]]
+    clear_join_before: bool
 
 
 @dataclass
@@ -116,6 +138,7 @@ class ChainRun:
     committed_step: int = 0
     checkpoint_at: float = field(default_factory=time.monotonic)
     pending_logs: list[list[str]] = field(default_factory=list)
+    inflight: _InFlight | None = None
 
 
 class _Lost(Exception):
@@ -435,6 +458,9 @@ class VM:
         except _Lost:
             finished = self._lost(run)
         finally:
+            if run.inflight is not None:  # never leave a reply unread on this connection
+                with contextlib.suppress(Exception):
+                    self._settle(run)
             with self._lock:
                 self._active.pop(chain_id, None)
         if finished and not run.abandoned:
@@ -507,6 +533,7 @@ class VM:
                 return True
 
     def _note_retry(self, run: ChainRun, failure: StepFailure) -> None:
+        self._settle(run)
         delay = min(
             self.config.retry_backoff * 2 ** (run.attempts - 1), self.config.retry_backoff_max
         )
@@ -581,6 +608,7 @@ class VM:
             cached = self.loader.cached(call.name)
             if cached is not None:
                 return cached, []
+        self._settle(run)  # @key inputs must see the previous step's effects
         rc = self._client()
         prep = self._with_redis(
             lambda: self.scripts.prepare(keys=[key, *refs], args=[known], client=rc)
@@ -697,21 +725,18 @@ class VM:
         self, script: Any, keys: list[str], payload: dict[str, Any], run: ChainRun
     ) -> Any:
         """Run a fenced script; after a lost connection, find out whether it landed."""
-        packed: list[bytes | str] = [pack(payload)]
-        if script is self.scripts.commit:
-            packed += [
-                self.keyspace.internal_prefix,
-                str(self.config.max_log),
-                str(self.config.retention),
-            ]
+        packed = self._commit_args(payload) if script is self.scripts.commit else [pack(payload)]
         try:
             if self.config.group_commit:
                 return self.committer.call(script, keys, packed)
             return script(keys=keys, args=packed, client=self._client())
         except _REDIS_DOWN:
             pass
-        # The reply was lost: Redis may or may not have run the script.  The fence tells:
-        # if the chain moved on from our step under our epoch, it did.
+        return self._recover(script, keys, packed, run)
+
+    def _recover(self, script: Any, keys: list[str], packed: list[Any], run: ChainRun) -> Any:
+        """The reply was lost: Redis may or may not have run the script.  The fence tells:
+        if the chain moved on from our step under our epoch, it did; else send it again."""
         fields = self._with_redis(
             lambda: self.r.hmget(self.keyspace.chain(run.id), "owner", "epoch", "step", "status")
         )
@@ -725,6 +750,65 @@ class VM:
             return [b"ok"]
         return [b"fenced", status.encode()]
 
+    def _commit_args(self, payload: dict[str, Any]) -> list[bytes | str]:
+        """COMMIT's arguments: the step's payload, then what is the same for every step."""
+        return [
+            pack(payload),
+            self.keyspace.internal_prefix,
+            str(self.config.max_log),
+            str(self.config.retention),
+        ]
+
+    def _pipelining(self) -> bool:
+        return len(self._active) <= self.config.pipeline_below
+
+    def _send_commit(self, run: ChainRun, keys: list[str], args: list[bytes | str]) -> None:
+        """Send a commit without waiting for its reply (see _InFlight)."""
+        connection = self._client().connection
+        assert connection is not None
+        run.inflight = _InFlight(
+            keys, args, run.committed_step, run.step, run.call, run.pending_logs, run.clear_join
+        )
+        # A failed send is settled like a lost reply: the fence tells whether it landed.
+        with contextlib.suppress(*_REDIS_DOWN):
+            connection.send_command("EVALSHA", self.scripts.commit.sha, len(keys), *keys, *args)
+
+    def _settle(self, run: ChainRun) -> None:
+        """Wait for the chain's in-flight commit; on refusal, put the chain back as it was."""
+        flight = run.inflight
+        if flight is None:
+            return
+        run.inflight = None
+        got: Any
+        try:
+            connection = self._client().connection
+            assert connection is not None
+            got = connection.read_response()
+        except redis.exceptions.NoScriptError:
+            got = self._with_redis(lambda: self.scripts.commit(keys=flight.keys, args=flight.args))
+        except _REDIS_DOWN:
+            with contextlib.suppress(Exception):
+                self._client().connection.disconnect()  # type: ignore[union-attr]
+            committed = run.committed_step
+            run.committed_step = flight.committed_before
+            got = self._recover(self.scripts.commit, flight.keys, flight.args, run)
+            run.committed_step = committed
+        status = _s(got[0]) if isinstance(got, list) else "error"
+        if status == "ok":
+            return
+        # Undo: the chain is where this commit found it.
+        run.committed_step = flight.committed_before
+        run.step = flight.step_before
+        run.call = flight.call_before
+        run.pending_logs = flight.logs_before
+        run.clear_join = flight.clear_join_before
+        if status == "rejected":
+            raise StepFailure("effect", f"effect refused: {_s(got[1])}")
+        if status == "fenced":
+            self._say(f"[{run.id}] stopped: the chain is {_s(got[1])} and no longer ours")
+            raise _Lost()
+        raise StepFailure("commit", f"commit failed: {got!r}")
+
     # -- committing ------------------------------------------------------------------------
 
     def _log_entry(self, run: ChainRun, kind: str, kernel: str, text: str, now: str) -> list[str]:
@@ -734,6 +818,7 @@ class VM:
         self, run: ChainRun, kernel: LoadedKernel, transition: Transition, output: OutputBuffer
     ) -> None:
         """Apply effects + checkpoint + log atomically; raise _Lost if the chain isn't ours."""
+        self._settle(run)
         ks = self.keyspace
         now = _now()
         then = transition.then
@@ -800,9 +885,16 @@ class VM:
             logs.append(self._log_entry(run, "end", kernel.name, f"done: {ended}", now))
         payload["fields"] = fields
         payload["logs"] = logs
-        got = self._run_fenced(
-            self.scripts.commit, [ks.chain(run.id), ks.log(run.id), ks.kernels], payload, run
-        )
+        keys = [ks.chain(run.id), ks.log(run.id), ks.kernels]
+        if isinstance(then, Call) and self._pipelining():
+            self._send_commit(run, keys, self._commit_args(payload))
+            run.step = run.committed_step = step
+            run.pending_logs = []
+            run.checkpoint_at = time.monotonic()
+            run.clear_join = False
+            run.call = then
+            return
+        got = self._run_fenced(self.scripts.commit, keys, payload, run)
         status = _s(got[0])
         if status == "rejected":
             raise StepFailure("effect", f"effect refused: {_s(got[1])}")
@@ -844,6 +936,12 @@ class VM:
 
     def _fail(self, run: ChainRun, failure: StepFailure) -> bool:
         """Record the failure (fenced); return True if the chain's entry can be acked."""
+        try:
+            self._settle(run)
+        except StepFailure as earlier:
+            failure = earlier  # the previous step's commit failed: that is the failure
+        except _Lost:
+            return self._lost(run)
         ks = self.keyspace
         now = _now()
         text = str(failure)
@@ -915,6 +1013,10 @@ class VM:
 
     def _release(self, run: ChainRun) -> bool:
         ks = self.keyspace
+        try:
+            self._settle(run)
+        except (_Lost, StepFailure):
+            return self._lost(run)
         if run.step != run.committed_step:
             # Keep the progress of pure steps: checkpoint before handing the chain back.
             try:
