@@ -17,6 +17,7 @@ Anything else (``Any``, a class name, a union) is passed through unchanged.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -88,6 +89,7 @@ def _structured(raw: bytes | str, key: str, want: str) -> Any:
         ) from None
 
 
+@functools.lru_cache(maxsize=1024)
 def _base(annotation: str) -> tuple[str, str]:
     """``'list[int]'`` -> ``('list', 'int')``; ``'typing.List[str]'`` -> ``('list', 'str')``."""
     text = annotation.replace(" ", "")
