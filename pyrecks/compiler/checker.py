@@ -30,7 +30,8 @@ import importlib
 import re
 import string
 import types
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -220,6 +221,8 @@ PY2_METHODS = {
 
 CONFIG_NAMES = ("PYRECKS_TIMEOUT", "PYRECKS_RETRIES")
 
+_ATTR_BUILTINS = frozenset({"getattr", "setattr", "delattr"})
+
 _MISSING = object()
 
 
@@ -343,10 +346,92 @@ def _import(dotted: str) -> Any:
     return _module_cache[dotted]
 
 
+# --------------------------------------------------------------------------------------
+# Fast tree walking.  ``ast.iter_child_nodes`` calls ``getattr`` on every field of every node,
+# including identifiers, constants and the ``Load``/``Store``/operator singletons, through two
+# generators; on a 50-line kernel that was most of the checker's time.  The tables below name,
+# per node class, only the fields that can hold child nodes worth visiting, read once from the
+# class's ASDL signature (``Name(identifier id, expr_context ctx)``).  Walks over these fields
+# meet the same nodes in the same order as ``ast.walk``/``ast.iter_child_nodes``, minus the
+# context and operator singletons, which no rule looks at (``_visitor_table`` refuses a
+# ``visit_X`` method for them, so a future rule cannot silently miss its nodes).
+# --------------------------------------------------------------------------------------
+
+#: ASDL field types that never hold a node a rule visits.
+_LEAF_KINDS = frozenset(
+    {"identifier", "string", "int", "constant", "expr_context", "operator", "boolop",
+     "unaryop", "cmpop"}
+)  # fmt: skip
+
+#: Node classes whose instances the fast walks skip (see ``_LEAF_KINDS``).
+_SKIPPED_NODE_CLASSES: tuple[type, ...] = (
+    ast.expr_context, ast.operator, ast.boolop, ast.unaryop, ast.cmpop
+)
+
+
+def _node_fields(cls: type) -> tuple[str, ...]:
+    """The fields of ``cls`` that may hold child nodes, in ``_fields`` order."""
+    names = tuple(getattr(cls, "_fields", ()))
+    match = re.fullmatch(r"\w+\((.*)\)", (cls.__doc__ or "").strip())
+    if match is None:
+        return names
+    kinds: dict[str, str] = {}
+    for part in match.group(1).split(","):
+        kind, _, fname = part.strip().rpartition(" ")
+        kinds[fname] = kind.rstrip("*?")
+    if set(kinds) != set(names):  # an unexpected signature: visit every field
+        return names
+    return tuple(n for n in names if kinds[n] not in _LEAF_KINDS)
+
+
+def _all_node_classes() -> list[type]:
+    out: list[type] = []
+    stack: list[type] = [ast.AST]
+    while stack:
+        cls = stack.pop()
+        out.append(cls)
+        stack.extend(cls.__subclasses__())
+    return out
+
+
+class _FieldTable(dict[type, tuple[str, ...]]):
+    """Node class -> its child-node fields; computed on first use for unknown classes."""
+
+    def __missing__(self, cls: type) -> tuple[str, ...]:
+        fields = self[cls] = _node_fields(cls)
+        return fields
+
+
+_CHILD_FIELDS = _FieldTable((cls, _node_fields(cls)) for cls in _all_node_classes())
+
+
+def _children(node: ast.AST) -> list[ast.AST]:
+    """Child nodes of ``node`` in ``ast.iter_child_nodes`` order (without the singletons)."""
+    out: list[ast.AST] = []
+    for name in _CHILD_FIELDS[type(node)]:
+        value = getattr(node, name, None)
+        if type(value) is list:
+            out.extend(item for item in value if isinstance(item, ast.AST))
+        elif isinstance(value, ast.AST):
+            out.append(value)
+    return out
+
+
+def _walk(node: ast.AST) -> Iterator[ast.AST]:
+    """``ast.walk`` (breadth first, same order) over the fast child table."""
+    todo = deque([node])
+    while todo:
+        node = todo.popleft()
+        todo.extend(_children(node))
+        yield node
+
+
 def _bound_names(body: Iterable[ast.AST], imports: set[str] | None = None) -> set[str]:
     """Names bound directly in a scope (not inside nested functions, classes or lambdas).
 
-    ``imports``, if given, receives the subset bound by import statements.
+    ``imports``, if given, receives the subset bound by import statements.  (The checker
+    computes these sets for every scope in one pass, :meth:`KernelChecker._prepass`; this
+    function is the definition that pass follows.)
     """
     names: set[str] = set()
     stack: list[ast.AST] = list(body)
@@ -368,7 +453,7 @@ def _bound_names(body: Iterable[ast.AST], imports: set[str] | None = None) -> se
             names.add(node.name)
         elif isinstance(node, ast.MatchMapping) and node.rest:
             names.add(node.rest)
-        stack.extend(ast.iter_child_nodes(node))
+        stack.extend(_children(node))
     return names
 
 
@@ -405,7 +490,7 @@ def _walk_no_nested(nodes: Iterable[ast.AST]) -> Iterator[ast.AST]:
         yield node
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Lambda):
             continue
-        stack.extend(ast.iter_child_nodes(node))
+        stack.extend(_children(node))
 
 
 _PERCENT_SPEC = re.compile(
@@ -457,6 +542,61 @@ def _fill(pieces: list[tuple[str, bool | None]]) -> str:
 # --------------------------------------------------------------------------------------
 
 
+def _generic(checker: Any, node: Any) -> None:
+    """Marker in a visitor table: no ``visit_X`` method, walk the children."""
+
+
+def _skip(checker: Any, node: Any) -> None:
+    """Marker in a visitor table: no ``visit_X`` method and no children to walk."""
+
+
+_GENERIC: Callable[[Any, Any], None] = _generic
+_SKIP: Callable[[Any, Any], None] = _skip
+
+
+class _VisitorTable(dict[Any, Callable[[Any, Any], None]]):
+    """Node class -> the checker's ``visit_X`` function, ``_GENERIC`` or ``_SKIP``.
+
+    Anything that is not a node class (a ``None`` in ``Dict.keys``, a string in a field the
+    child table could not classify) maps to ``_SKIP``, as ``NodeVisitor`` ignores it too.
+    """
+
+    def __init__(self, checker: type) -> None:
+        super().__init__()
+        self.checker = checker
+
+    def __missing__(self, cls: Any) -> Callable[[Any, Any], None]:
+        self[cls] = method = self._method(cls)
+        return method
+
+    def _method(self, cls: Any) -> Callable[[Any, Any], None]:
+        if not (isinstance(cls, type) and issubclass(cls, ast.AST)):
+            return _SKIP
+        name = f"visit_{cls.__name__}"
+        method = getattr(self.checker, name, None)
+        if method is not None and method is not getattr(ast.NodeVisitor, name, None):
+            if issubclass(cls, _SKIPPED_NODE_CLASSES):
+                raise TypeError(
+                    f"{self.checker.__name__}.{name}: the fast walk skips {cls.__name__} "
+                    "nodes; check them from their parent node instead"
+                )
+            return method
+        # NodeVisitor's own visit_Constant only dispatches to legacy visit_Num & co.
+        return _GENERIC if _CHILD_FIELDS[cls] else _SKIP
+
+
+_VISITOR_TABLES: dict[type, _VisitorTable] = {}
+
+
+def _visitor_table(checker: type) -> _VisitorTable:
+    table = _VISITOR_TABLES.get(checker)
+    if table is None:
+        table = _VISITOR_TABLES[checker] = _VisitorTable(checker)
+        for cls in list(_CHILD_FIELDS):
+            table[cls]  # fill eagerly; also raises for a visit_X the walk would skip
+    return table
+
+
 @dataclass
 class _Scope:
     """Names bound in one function (or class) body, and which of them come from imports."""
@@ -492,6 +632,11 @@ class KernelChecker(ast.NodeVisitor):
         self.scopes: list[_Scope] = []
         self.state = _State()
         self._direct_calls: set[int] = set()
+        # Filled by _prepass: each function/lambda/class node -> (bound names, import names).
+        self._scope_names: dict[ast.AST, tuple[set[str], set[str]]] = {}
+        self._has_yield = False
+        self._watched_names: frozenset[str] | set[str] = frozenset()
+        self._visitors = _visitor_table(type(self))
 
     # -- reporting ---------------------------------------------------------------------
 
@@ -516,7 +661,10 @@ class KernelChecker(ast.NodeVisitor):
     # -- name resolution ---------------------------------------------------------------
 
     def _is_local(self, name: str) -> bool:
-        return any(name in scope.names for scope in self.scopes)
+        for scope in self.scopes:  # noqa: SIM110 - a loop is faster than any() here
+            if name in scope.names:
+                return True
+        return False
 
     def _is_builtin(self, name: str) -> bool:
         """Whether ``name`` here refers to the builtin (nothing in the kernel binds it)."""
@@ -559,19 +707,12 @@ class KernelChecker(ast.NodeVisitor):
     # -- the pass ----------------------------------------------------------------------
 
     def run(self, tree: ast.Module) -> None:
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                for alias in node.names:
-                    if alias.asname:
-                        self.aliases[alias.asname] = alias.name
-                    else:
-                        root = alias.name.split(".")[0]
-                        self.aliases[root] = root
-            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                for alias in node.names:
-                    if alias.name != "*":
-                        self.aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
-        self.module_bound = _bound_names(tree.body)
+        self.module_bound = self._prepass(tree)
+        # Every name visit_Name has a rule for (dunders aside): the checks below only look
+        # names up in these tables, so a name in none of them cannot produce a finding.
+        self._watched_names = (
+            self.policy.forbidden_builtins | _ATTR_BUILTINS | PY2_NAMES.keys() | self.aliases.keys()
+        )
         imported = {
             alias.asname or alias.name.split(".")[0]
             for stmt in tree.body
@@ -584,6 +725,137 @@ class KernelChecker(ast.NodeVisitor):
         }
         self.visit(tree)
         self._check_entry(tree)
+
+    def _prepass(self, tree: ast.Module) -> set[str]:
+        """One breadth-first walk (``ast.walk`` order) that learns what the rules look up.
+
+        * ``aliases``: every import anywhere in the kernel, later imports overriding earlier
+          ones in walk order;
+        * for every function, lambda and class, the names bound in its body and which of
+          them are imports — :func:`_bound_names` of that body, for all scopes at once;
+        * whether the kernel contains ``yield`` at all (the generator rules walk again only
+          then).
+
+        Returns the names bound at module level (``_bound_names(tree.body)``).
+        """
+        aliases = self.aliases
+        scope_names = self._scope_names
+        module_names: set[str] = set()
+        fields_of = _CHILD_FIELDS
+        AST, Name, Constant, Store, Del = ast.AST, ast.Name, ast.Constant, ast.Store, ast.Del
+        items: list[Any] | tuple[Any]
+        function_types = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
+        # Queue entries: (node, names of the scope whose body holds it, its import names);
+        # ``None`` outside any scope's body (decorators, defaults, annotations).
+        todo: deque[tuple[ast.AST, set[str] | None, set[str] | None]] = deque()
+        todo.append((tree, None, None))
+        pop = todo.popleft
+        push = todo.append
+        while todo:
+            node, names, imports = pop()
+            cls = type(node)
+            if cls is ast.Import:
+                for alias in node.names:  # type: ignore[attr-defined]
+                    if alias.asname:
+                        aliases[alias.asname] = alias.name
+                    else:
+                        root = alias.name.split(".")[0]
+                        aliases[root] = root
+            elif cls is ast.ImportFrom:
+                if node.module and not node.level:  # type: ignore[attr-defined]
+                    for alias in node.names:  # type: ignore[attr-defined]
+                        if alias.name != "*":
+                            aliases[alias.asname or alias.name] = (
+                                f"{node.module}.{alias.name}"  # type: ignore[attr-defined]
+                            )
+            elif cls is ast.Yield or cls is ast.YieldFrom:
+                self._has_yield = True
+            fields = fields_of[cls]
+            if cls in function_types:
+                # A nested scope: its name is bound in the enclosing body (not a lambda's),
+                # its own body starts a new scope, its other parts belong to none.
+                if names is not None and cls is not ast.Lambda:
+                    names.add(node.name)  # type: ignore[attr-defined]
+                own: tuple[set[str], set[str]] = (set(), set())
+                scope_names[node] = own
+                for fname in fields:
+                    value = getattr(node, fname, None)
+                    inner = own if fname == "body" else (None, None)
+                    if type(value) is list:
+                        for item in value:
+                            if isinstance(item, AST):
+                                push((item, inner[0], inner[1]))
+                    elif isinstance(value, AST):
+                        push((value, inner[0], inner[1]))
+                continue
+            if cls is ast.Module:
+                names = module_names
+            elif names is not None:
+                if cls is ast.Name:
+                    if isinstance(node.ctx, ast.Store | ast.Del):  # type: ignore[attr-defined]
+                        names.add(node.id)  # type: ignore[attr-defined]
+                elif cls is ast.alias:
+                    if node.name != "*":  # type: ignore[attr-defined]
+                        bound = node.asname or node.name.split(".")[0]  # type: ignore[attr-defined]
+                        names.add(bound)
+                        if imports is not None:
+                            imports.add(bound)
+                elif cls is ast.ExceptHandler or cls is ast.MatchAs or cls is ast.MatchStar:
+                    if node.name:  # type: ignore[attr-defined]
+                        names.add(node.name)  # type: ignore[attr-defined]
+                elif cls is ast.MatchMapping and node.rest:  # type: ignore[attr-defined]
+                    names.add(node.rest)  # type: ignore[attr-defined]
+            for fname in fields:
+                value = getattr(node, fname, None)
+                if type(value) is list:
+                    items = value
+                elif value is None:
+                    continue
+                else:
+                    items = (value,)
+                for item in items:
+                    # Leaves are handled here rather than queued: they have no children and
+                    # are never imports or yields, so the order of the walk is unchanged.
+                    kind = type(item)
+                    if kind is Name:
+                        if names is not None:
+                            ctx = type(item.ctx)
+                            if ctx is Store or ctx is Del:
+                                names.add(item.id)
+                    elif kind is not Constant and isinstance(item, AST):
+                        push((item, names, imports))
+        return module_names
+
+    # -- dispatch ----------------------------------------------------------------------
+    #
+    # ``ast.NodeVisitor.visit`` builds the method name and looks it up for every node and
+    # ``generic_visit`` walks every field through ``ast.iter_fields``; these two do the same
+    # with a per-class table and the fast child-field table above.
+
+    def visit(self, node: ast.AST) -> None:
+        method = self._visitors[type(node)]
+        if method is _GENERIC:
+            self.generic_visit(node)
+        elif method is not _SKIP:
+            method(self, node)
+
+    def generic_visit(self, node: ast.AST) -> None:
+        visitors = self._visitors
+        items: list[Any] | tuple[Any]
+        for fname in _CHILD_FIELDS[type(node)]:
+            value = getattr(node, fname, None)
+            if type(value) is list:
+                items = value
+            elif value is None:
+                continue
+            else:
+                items = (value,)
+            for item in items:
+                method = visitors[type(item)]
+                if method is _GENERIC:
+                    self.generic_visit(item)
+                elif method is not _SKIP:
+                    method(self, item)
 
     # PK5xx: what may stand at module level ---------------------------------------------
 
@@ -663,7 +935,7 @@ class KernelChecker(ast.NodeVisitor):
                 "so it must never be changed; use a tuple, frozenset or a constant instead, or "
                 "build it inside the function",
             )
-        for sub in ast.walk(value):
+        for sub in _walk(value):
             if (
                 isinstance(sub, ast.Call)
                 and isinstance(sub.func, ast.Name)
@@ -829,6 +1101,8 @@ class KernelChecker(ast.NodeVisitor):
 
     def visit_Name(self, node: ast.Name) -> None:
         name = node.id
+        if name not in self._watched_names and not name.startswith("__"):
+            return  # fast path: none of the rules below can apply to this name
         if isinstance(node.ctx, ast.Load):
             if name in self.policy.forbidden_builtins and self._is_builtin(name):
                 fix = BUILTIN_FIXES.get(name, "it is not available in kernels")
@@ -1167,10 +1441,8 @@ class KernelChecker(ast.NodeVisitor):
     # PK5xx: functions, classes, exceptions, async --------------------------------------
 
     def _visit_function(self, node: ast.FunctionDef | ast.Lambda) -> None:
-        names = _arg_names(node.args)
-        body = node.body if isinstance(node, ast.FunctionDef) else [node.body]
-        imports: set[str] = set()
-        names |= _bound_names(body, imports)
+        bound, imports = self._scope_names[node]  # _bound_names(body), from the prepass
+        names = _arg_names(node.args) | bound
         self.scopes.append(_Scope(names, frozenset(imports)))
         self.state.functions.append(node)
         saved = (self.state.finally_depth, self.state.loop_in_finally)
@@ -1207,7 +1479,7 @@ class KernelChecker(ast.NodeVisitor):
         self.generic_visit(node)
 
     def visit_Lambda(self, node: ast.Lambda) -> None:
-        for sub in ast.walk(node.body):
+        for sub in _walk(node.body) if self._has_yield else ():
             if isinstance(sub, ast.Yield | ast.YieldFrom):
                 self.error(
                     "PK513",
@@ -1251,7 +1523,7 @@ class KernelChecker(ast.NodeVisitor):
                     "create it in __init__ or use a tuple/frozenset",
                 )
         self.state.in_class += 1
-        self.scopes.append(_Scope(_bound_names(node.body)))
+        self.scopes.append(_Scope(set(self._scope_names[node][0])))  # _bound_names(body)
         try:
             self.generic_visit(node)
         finally:
@@ -1495,7 +1767,7 @@ class KernelChecker(ast.NodeVisitor):
                 f"the entry function {name}() may not be decorated: the VM calls it directly "
                 "and stores its own signature; move the decorated logic into a helper",
             )
-        for sub in _walk_no_nested(entry.body):
+        for sub in _walk_no_nested(entry.body) if self._has_yield else ():
             if isinstance(sub, ast.Yield | ast.YieldFrom):
                 self.error(
                     "PK511",
@@ -1506,10 +1778,15 @@ class KernelChecker(ast.NodeVisitor):
                 break
 
 
+_GRAMMAR: list[Any] = []
+
+
 def _grammar() -> Any:
-    """The return-string parser, if the grammar package is installed (imported lazily)."""
-    try:
-        from pyrecks.compiler.parser import parse
-    except ImportError:
-        return None
-    return parse
+    """The return-string parser, if the grammar package is installed (imported lazily, once)."""
+    if not _GRAMMAR:
+        try:
+            from pyrecks.compiler.parser import parse
+        except ImportError:
+            return None
+        _GRAMMAR.append(parse)
+    return _GRAMMAR[0]

@@ -15,13 +15,17 @@ import hashlib
 import importlib.util
 import json
 import marshal
+import multiprocessing
+import os
 import types
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pyrecks.compiler.checker import Finding, analyse
 from pyrecks.compiler.policy import Policy
-from pyrecks.errors import KernelRejected
+from pyrecks.errors import KernelRejected, LintError
 
 MAGIC = importlib.util.MAGIC_NUMBER.hex()
 
@@ -108,7 +112,11 @@ def compile_kernel(name: str, source: str, policy: Policy | None = None) -> Comp
 
     The AST the checker built is compiled directly, so the source is parsed once.
     """
-    result = analyse(source, name, policy or Policy())
+    return _compile_kernel(name, source, policy or Policy())
+
+
+def _compile_kernel(name: str, source: str, policy: Policy) -> CompiledKernel:
+    result = analyse(source, name, policy)
     errors = result.errors
     if errors or result.tree is None or result.entry is None:
         count = len(errors)
@@ -128,6 +136,89 @@ def compile_kernel(name: str, source: str, policy: Policy | None = None) -> Comp
         findings=tuple(result.findings),
         timeout=result.timeout,
         retries=result.retries,
+    )
+
+
+#: Below this many kernels ``compile_many`` stays in-process: starting worker processes
+#: costs more than it saves (measured in bench/bench_compile.py).
+PARALLEL_MIN_KERNELS = 200
+
+
+def compile_many(
+    kernels: Sequence[tuple[str, str]],
+    policy: Policy | None = None,
+    *,
+    workers: int | None = 1,
+) -> list[CompiledKernel | KernelRejected]:
+    """Check and compile a batch of ``(name, source)`` pairs, in order.
+
+    Each entry of the result is the :class:`CompiledKernel` or the :class:`KernelRejected`
+    that :func:`compile_kernel` would have raised for it (returned, not raised).  With
+    ``workers`` > 1 (``None``: one per CPU) and at least :data:`PARALLEL_MIN_KERNELS`
+    kernels, the batch is split over that many worker processes; every kernel is still
+    judged by the same checker and policy, only on another core.
+    """
+    policy = policy or Policy()
+    count = workers if workers is not None else (os.cpu_count() or 1)
+    if count <= 1 or len(kernels) < PARALLEL_MIN_KERNELS:
+        return [_compile_or_reject(name, source, policy) for name, source in kernels]
+    size = max(1, min(64, -(-len(kernels) // (count * 4))))
+    chunks = [list(kernels[i : i + size]) for i in range(0, len(kernels), size)]
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else None)
+    out: list[CompiledKernel | KernelRejected] = []
+    with ProcessPoolExecutor(max_workers=count, mp_context=context) as pool:
+        done = pool.map(_compile_chunk, chunks, [policy] * len(chunks))
+        for chunk, wire in zip(chunks, done, strict=True):
+            for (name, source), item in zip(chunk, wire, strict=True):
+                out.append(_from_wire(name, source, item))
+    return out
+
+
+def _compile_or_reject(name: str, source: str, policy: Policy) -> CompiledKernel | KernelRejected:
+    try:
+        return _compile_kernel(name, source, policy)
+    except KernelRejected as exc:
+        return exc
+
+
+def _compile_chunk(chunk: list[tuple[str, str]], policy: Policy) -> list[tuple[Any, ...]]:
+    """Worker side of compile_many: results as picklable tuples (code objects are not)."""
+    out: list[tuple[Any, ...]] = []
+    for name, source in chunk:
+        result = _compile_or_reject(name, source, policy)
+        if isinstance(result, KernelRejected):
+            findings = [(f.code, f.message, f.line, f.column) for f in result.findings]
+            out.append(("rejected", str(result), findings))
+        else:
+            out.append(
+                (
+                    "ok", result.bytecode, result.digest, result.signature,
+                    result.findings, result.timeout, result.retries,
+                )
+            )  # fmt: skip
+    return out
+
+
+def _from_wire(name: str, source: str, item: tuple[Any, ...]) -> CompiledKernel | KernelRejected:
+    if item[0] == "rejected":
+        errors = [
+            LintError(code, message, text=source, line=line, column=column)
+            for code, message, line, column in item[2]
+        ]
+        return KernelRejected(item[1], errors)
+    _kind, bytecode, digest, signature, findings, timeout, retries = item
+    return CompiledKernel(
+        name=name,
+        source=source,
+        code=marshal.loads(bytecode),
+        bytecode=bytecode,
+        magic=MAGIC,
+        digest=digest,
+        signature=signature,
+        findings=findings,
+        timeout=timeout,
+        retries=retries,
     )
 
 
