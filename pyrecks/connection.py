@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -120,7 +121,18 @@ def connect(url: str | None = None, **kwargs: Any) -> redis.Redis:
     target = resolve_url(url)
     if target.startswith(f"{EMBEDDED_SCHEME}://"):
         target = EmbeddedServer().start()
-    return redis.Redis.from_url(target, **kwargs)
+    try:
+        return redis.Redis.from_url(target, **kwargs)
+    except ValueError as exc:
+        raise RedisUnavailable(
+            f"invalid Redis URL {redact(target)!r}: {exc}; use redis://host:port/db, "
+            "rediss:// for TLS or unix:///path/to/socket"
+        ) from None
+
+
+def redact(url: str) -> str:
+    """``redis://user:secret@host`` -> ``redis://user:***@host``: never print passwords."""
+    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
 def describe(url: str | None) -> str:
@@ -128,4 +140,4 @@ def describe(url: str | None) -> str:
     target = resolve_url(url)
     if target.startswith(f"{EMBEDDED_SCHEME}://"):
         return f"the embedded Redis in {pyrecks_home()}"
-    return target
+    return redact(target)

@@ -156,3 +156,22 @@ def test_demo_runs_on_the_embedded_redis_with_nothing_else_running(tmp_path: Pat
         assert listed.stdout.count(" done ") == 2
     finally:
         EmbeddedServer(tmp_path / "home").stop()
+
+
+def test_bad_urls_and_passwords_in_errors(redis_url: str) -> None:
+    bad = pyrecks("ls", "--redis", "foo://bar")
+    assert bad.returncode == 1
+    assert "invalid Redis URL" in bad.stderr and "Traceback" not in bad.stderr
+    secret = pyrecks("ls", "--redis", "redis://:hunter2@127.0.0.1:1/0")
+    assert secret.returncode == 1
+    assert "hunter2" not in secret.stderr and "***" in secret.stderr
+
+
+def test_an_invalid_client_supplied_id_fails_visibly(seeded: redis.Redis) -> None:
+    px = Pyrecks(seeded)
+    entry = seeded.xadd("pyrecks:starts", {"call": 'func0("x")', "id": "a.b"})
+    chain_id = entry.decode().replace("-", "")
+    with px.local_vm(echo=False, threads=1):
+        info = px.wait(chain_id, timeout=30)
+    assert info.status is ChainStatus.FAILED
+    assert "invalid id 'a.b'" in (info.error or "")

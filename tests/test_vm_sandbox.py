@@ -132,8 +132,7 @@ def test_a_kernel_that_swallows_the_timeout_is_abandoned_and_the_vm_lives_on(
     with px.local_vm(echo=False, threads=1, timeout_grace=0.5) as vm:
         # Install the kernel straight into the VM's cache and mark the Redis record as
         # that exact version, so the VM runs it without compiling (and checking) it.
-        code = compile(source, "<kernel stubborn>", "exec")
-        vm.loader._install("stubborn", "unchecked", source, code, (), 0.2, None)
+        vm.loader._install("stubborn", "unchecked", source, (), 0.2, None)
         r.hset("stubborn", mapping={"source": source, "digest": "unchecked", "compiled": "1"})
         stuck = px.wait(px.start("stubborn()"), timeout=30)
         after = px.wait(px.start("fine()"), timeout=30)

@@ -13,13 +13,13 @@ from typing import Any, TypeVar
 import click
 import redis
 
-from pyrecks.connection import describe
+from pyrecks.connection import describe, redact
 from pyrecks.errors import PyrecksError, SourceError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _remember_url(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+def remember_url(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     # Kept on the root context so the group's error handler can say where it tried.
     ctx.find_root().meta[_URL_KEY] = value
     return value
@@ -35,7 +35,7 @@ def redis_option(func: F) -> F:
         "redis_url",
         metavar="URL",
         default=None,
-        callback=_remember_url,
+        callback=remember_url,
         help="Redis URL (redis://, rediss://, unix://). Default: $REDIS_URL, "
         "else the embedded Redis in $PYRECKS_HOME (~/.pyrecks).",
     )(func)
@@ -62,8 +62,9 @@ class PyrecksGroup(click.Group):
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             url = ctx.meta.get(_URL_KEY)
             sub = ctx.invoked_subcommand
+            reason = redact(str(exc)).rstrip(".")
             fail(
-                f"cannot reach Redis at {describe(url)}: {exc}. Is the server running? "
+                f"cannot reach Redis at {describe(url)}: {reason}. Is the server running? "
                 "Pass --redis URL or set REDIS_URL." + (f" (while running '{sub}')" if sub else "")
             )
         except redis.AuthenticationError as exc:

@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from pyrecks.cli.common import fail, redis_option
+from pyrecks.cli.common import fail, redis_option, remember_url
 from pyrecks.cli.pyrecksc import main
 from pyrecks.compiler.checker import Finding, check
 from pyrecks.compiler.compiler import MAGIC, CompiledKernel, compile_kernel
@@ -191,6 +191,7 @@ def _policy_from(policy_file: str | None, redis_url: str | None, prefix: str) ->
     "redis_url",
     metavar="URL",
     default=None,
+    callback=remember_url,
     help="Check with the policy stored in this Redis (only when given; lint is offline).",
 )
 def lint(
@@ -418,8 +419,10 @@ def show(
     for key, value in rows:
         click.echo(f"{key.ljust(width)}  {value}")
     for finding in record.lint:
-        click.echo(f"lint{' ' * (width - 4)}  {finding.line}:{finding.column}: "
-                   f"{finding.code} ({finding.severity}) {finding.message}")
+        click.echo(
+            f"lint{' ' * (width - 4)}  {finding.line}:{finding.column}: "
+            f"{finding.code} ({finding.severity}) {finding.message}"
+        )
     click.echo("\n--- source ---")
     click.echo(record.source, nl=not record.source.endswith("\n"))
     if disassemble:
@@ -463,6 +466,13 @@ def list_cmd(redis_url: str | None, prefix: str) -> None:
 def rm(names: tuple[str, ...], redis_url: str | None, prefix: str) -> None:
     """Delete kernels (refuses keys that hold anything but a kernel)."""
     store = KernelStore(_connect(redis_url), _keyspace(prefix))
+    # Check every name before deleting any, so a typo in the list loses nothing.
+    missing_or_data = [n for n in names if store.get(n) is None]
+    if missing_or_data:
+        fail(
+            f"refusing to delete {', '.join(repr(n) for n in missing_or_data)}: not a kernel "
+            "(missing, or holding other data); nothing was deleted"
+        )
     for name in names:
         store.remove(name)
         click.echo(f"removed {name}")
@@ -491,10 +501,14 @@ def policy_show(redis_url: str | None, as_json: bool, default: bool) -> None:
     click.echo(f"allowed modules:      {', '.join(sorted(current.allowed_modules))}")
     click.echo(f"forbidden builtins:   {', '.join(sorted(current.forbidden_builtins))}")
     click.echo(f"forbidden attributes: {', '.join(sorted(current.forbidden_attributes))}")
-    click.echo(f"default timeout:      {current.default_timeout:g}s "
-               f"(kernels may ask up to {current.max_timeout:g}s)")
-    click.echo(f"default retries:      {current.default_retries} "
-               f"(kernels may ask up to {current.max_retries})")
+    click.echo(
+        f"default timeout:      {current.default_timeout:g}s "
+        f"(kernels may ask up to {current.max_timeout:g}s)"
+    )
+    click.echo(
+        f"default retries:      {current.default_retries} "
+        f"(kernels may ask up to {current.max_retries})"
+    )
     patterns = ", ".join(current.effect_key_patterns) or "any key not owned by pyrecks/kernels"
     click.echo(f"effect keys:          {patterns}")
     click.echo(f"nondeterminism:       {'warn' if current.warn_nondeterminism else 'ignore'}")

@@ -45,6 +45,12 @@ def _print_entry(entry: LogEntry) -> None:
         click.echo(click.style(f"step {entry.step}: {entry.kind}: {entry.text}", dim=True))
 
 
+def _print_output(entry: LogEntry) -> None:
+    """--wait: what the kernels printed, retries and errors; --follow shows every entry."""
+    if entry.kind in ("out", "error", "retry"):
+        _print_entry(entry)
+
+
 def _describe(info: ChainInfo) -> str:
     lines = [
         f"chain    {info.id}",
@@ -112,7 +118,7 @@ def run(
         return
     if not as_json:
         click.echo(f"chain {cid} started", err=True)
-    on_entry = None if as_json else (_print_entry if (follow or wait or local) else None)
+    on_entry = None if as_json else (_print_entry if follow else _print_output)
     try:
         if local:
             with px.local_vm(threads=threads, echo=False):
@@ -288,7 +294,7 @@ def vms(as_json: bool, redis_url: str | None) -> None:
 @main.command()
 @click.argument("role", type=click.Choice(["vm", "client"]))
 @click.option("--user", "username", default=None, help="ACL user name (default pyrecks-ROLE).")
-@click.option("--password", default="CHANGE-ME", show_default=True)
+@click.option("--password", required=True, help="The new user's password.")
 @click.option(
     "--keys",
     "key_patterns",

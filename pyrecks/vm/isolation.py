@@ -70,7 +70,7 @@ from pyrecks.compiler.compiler import kernel_filename
 from pyrecks.compiler.policy import Policy
 from pyrecks.vm.failures import StepFailure, kernel_error
 from pyrecks.vm.loader import LoadedKernel
-from pyrecks.vm.sandbox import OutputBuffer, Sandbox, set_current_output
+from pyrecks.vm.sandbox import OutputBuffer, Sandbox, compile_guarded, set_current_output
 
 #: How long a new worker may take to start and report ready (not counted in the step's limit).
 START_TIMEOUT = 60.0
@@ -139,7 +139,7 @@ def _load(
     source: str,
 ) -> Callable[..., Any]:
     filename = kernel_filename(name)
-    code = compile(source, filename, "exec")
+    code = compile_guarded(name, source, filename)
     namespace = sandbox.namespace(name)
     exec(code, namespace)  # module body: imports, defs and constants (checked by the VM)
     entry = namespace.get(name)

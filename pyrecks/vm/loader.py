@@ -21,20 +21,19 @@ import linecache
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import CodeType
 from typing import Any
 
 from pyrecks.compiler.compiler import (
     CompiledKernel,
     Param,
     compile_kernel,
+    kernel_filename,
     load_code,
-    signature_from_json,
 )
 from pyrecks.compiler.policy import Policy
 from pyrecks.compiler.store import KernelStore
-from pyrecks.errors import KernelNotFound
-from pyrecks.vm.sandbox import Sandbox
+from pyrecks.errors import KernelNotFound, KernelRejected, LintError
+from pyrecks.vm.sandbox import Sandbox, SandboxViolation, compile_guarded
 
 
 @dataclass(frozen=True)
@@ -118,24 +117,15 @@ class KernelLoader:
             return cached
         compiled_flag = _text(fields.get("compiled", b"0")) == "1"
         stored_digest = _text(fields.get("digest", b""))
-        code: CodeType | None = None
-        if compiled_flag and stored_digest == digest and "bytecode" in fields:
-            code = load_code(fields["bytecode"], _text(fields.get("magic", b"")))
-        if code is None:
+        usable = compiled_flag and stored_digest == digest and "bytecode" in fields
+        if not usable or load_code(fields["bytecode"], _text(fields.get("magic", b""))) is None:
+            # Never compiled, hand-edited, or from another Python: compile and store it.
             return self._from_source(name, source, expected_source=source)
         # A compiled record: re-check the source once per process under today's policy.
+        # The VM runs its own guarded compilation, never the bytecode read from Redis.
         compiled = compile_kernel(name, source, self.policy)
-        signature = signature_from_json(fields.get("signature")) or compiled.signature
-        timeout = _text(fields["timeout"]) if "timeout" in fields else None
-        retries = _text(fields["retries"]) if "retries" in fields else None
         return self._install(
-            name,
-            digest,
-            source,
-            code,
-            signature,
-            float(timeout) if timeout else compiled.timeout,
-            int(retries) if retries else compiled.retries,
+            name, digest, source, compiled.signature, compiled.timeout, compiled.retries
         )
 
     def _from_source(self, name: str, source: str, *, expected_source: str) -> LoadedKernel:
@@ -147,13 +137,7 @@ class KernelLoader:
         compiled: CompiledKernel = compile_kernel(name, source, self.policy)
         self.store.promote(name, compiled, expected_source)
         return self._install(
-            name,
-            digest,
-            source,
-            compiled.code,
-            compiled.signature,
-            compiled.timeout,
-            compiled.retries,
+            name, digest, source, compiled.signature, compiled.timeout, compiled.retries
         )
 
     def _install(
@@ -161,18 +145,22 @@ class KernelLoader:
         name: str,
         digest: str,
         source: str,
-        code: CodeType,
         params: tuple[Param, ...],
         timeout: float | None,
         retries: int | None,
     ) -> LoadedKernel:
+        filename = kernel_filename(name)
+        try:
+            code = compile_guarded(name, source, filename)
+        except SandboxViolation as exc:
+            finding = LintError("PK299", str(exc), text=source)
+            raise KernelRejected(f"kernel {name!r} was refused: {exc}", [finding]) from None
         namespace = self.sandbox.namespace(name)
         exec(code, namespace)  # module body: imports, defs and constants only (checked)
         entry = namespace.get(name)
         if not callable(entry):
             raise KernelNotFound(f"kernel {name!r} defines no function named {name!r}")
         # Let tracebacks show kernel source lines.
-        filename = code.co_filename
         lines = source.splitlines(keepends=True)
         linecache.cache[filename] = (len(source), None, lines, filename)
         kernel = LoadedKernel(name, digest, entry, params, timeout, retries, source)

@@ -139,6 +139,9 @@ class ChainRun:
     checkpoint_at: float = field(default_factory=time.monotonic)
     pending_logs: list[list[str]] = field(default_factory=list)
     inflight: _InFlight | None = None
+    #: The first step after a claim always asks Redis for the kernel digest, so a fix made
+    #: just before a start or a retry is seen even if its invalidation is still in flight.
+    asked: bool = False
 
 
 class _Lost(Exception):
@@ -469,14 +472,18 @@ class VM:
     def _create_from_entry(self, entry_id: str, fields: dict[str, str]) -> str | None:
         """A raw ``XADD <starts> * call '...' [id X]`` from any client: make its record."""
         chain_id = fields.get("id") or entry_id.replace("-", "")
-        if not chain_id or any(c in chain_id for c in ".{}"):
-            chain_id = entry_id.replace("-", "")
         text = fields.get("call", "")
         error = ""
+        if not chain_id or any(c in chain_id for c in ".{}"):
+            error = (
+                f"cannot start chain: invalid id {chain_id!r} ('.', '{{' and '}}' are reserved); "
+                f"this failed record uses the stream entry id instead"
+            )
+            chain_id = entry_id.replace("-", "")
         try:
             rendered = render_call(parse_start_call(text))
         except PyrecksError as exc:
-            rendered, error = text, f"cannot start chain: {exc}"
+            rendered, error = text, error or f"cannot start chain: {exc}"
         ks = self.keyspace
         self._with_redis(
             lambda: self.scripts.create(
@@ -604,11 +611,12 @@ class VM:
         """
         key = self.keyspace.kernel(call.name)
         known = self.loader.known_digest(call.name)
-        if not refs and known and self.watch.trusted(key) == known:
+        if not refs and run.asked and known and self.watch.trusted(key) == known:
             cached = self.loader.cached(call.name)
             if cached is not None:
                 return cached, []
         self._settle(run)  # @key inputs must see the previous step's effects
+        run.asked = True
         rc = self._client()
         prep = self._with_redis(
             lambda: self.scripts.prepare(keys=[key, *refs], args=[known], client=rc)
@@ -757,17 +765,26 @@ class VM:
             self.keyspace.internal_prefix,
             str(self.config.max_log),
             str(self.config.retention),
+            self.keyspace.kernel_prefix,
         ]
 
     def _pipelining(self) -> bool:
         return len(self._active) <= self.config.pipeline_below
 
-    def _send_commit(self, run: ChainRun, keys: list[str], args: list[bytes | str]) -> None:
+    def _send_commit(
+        self, run: ChainRun, keys: list[str], args: list[bytes | str], printed: list[list[str]]
+    ) -> None:
         """Send a commit without waiting for its reply (see _InFlight)."""
         connection = self._client().connection
         assert connection is not None
         run.inflight = _InFlight(
-            keys, args, run.committed_step, run.step, run.call, run.pending_logs, run.clear_join
+            keys,
+            args,
+            run.committed_step,
+            run.step,
+            run.call,
+            [*run.pending_logs, *printed],
+            run.clear_join,
         )
         # A failed send is settled like a lost reply: the fence tells whether it landed.
         with contextlib.suppress(*_REDIS_DOWN):
@@ -828,11 +845,14 @@ class VM:
         except EffectRejected as exc:
             raise StepFailure("effect", str(exc)) from None
         step = run.step + 1
-        logs = run.pending_logs
-        logs += [self._log_entry(run, "out", kernel.name, line, now) for line in output.lines]
+        # A new list: if this commit is refused, only what the step printed survives it
+        # (not the lines saying where the chain went next).
+        printed = [self._log_entry(run, "out", kernel.name, line, now) for line in output.lines]
+        logs = [*run.pending_logs, *printed]
         if isinstance(then, Call) and not effects and not self._checkpoint_due(run, step):
             # A pure step: no commit of its own.  A crash re-runs it from the checkpoint.
             logs.append(self._log_entry(run, "step", kernel.name, f"-> {render_call(then)}", now))
+            run.pending_logs = logs
             run.step = step
             run.call = then
             return
@@ -887,7 +907,7 @@ class VM:
         payload["logs"] = logs
         keys = [ks.chain(run.id), ks.log(run.id), ks.kernels]
         if isinstance(then, Call) and self._pipelining():
-            self._send_commit(run, keys, self._commit_args(payload))
+            self._send_commit(run, keys, self._commit_args(payload), printed)
             run.step = run.committed_step = step
             run.pending_logs = []
             run.checkpoint_at = time.monotonic()
@@ -897,6 +917,7 @@ class VM:
         got = self._run_fenced(self.scripts.commit, keys, payload, run)
         status = _s(got[0])
         if status == "rejected":
+            run.pending_logs = [*run.pending_logs, *printed]
             raise StepFailure("effect", f"effect refused: {_s(got[1])}")
         if status == "fenced":
             self._say(f"[{run.id}] stopped: the chain is {_s(got[1])} and no longer ours")

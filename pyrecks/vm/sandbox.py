@@ -20,8 +20,11 @@ call (a huge regex, ``10**10**8``), bound its memory, or protect against a CPyth
 
 from __future__ import annotations
 
+import ast
 import builtins
 import importlib
+import operator
+import re
 import threading
 import time
 import types
@@ -134,20 +137,23 @@ class SandboxViolation(PyrecksError):
     """A kernel tried, at run time, something the sandbox forbids."""
 
 
-def _is_forbidden_attribute(name: str) -> bool:
-    return (name.startswith("__") and name.endswith("__")) or name in FRAME_ATTRIBUTES
+def _is_forbidden_attribute(name: str, obj: Any = None) -> bool:
+    """Dunder and frame attributes always; other ``_`` names except on kernel objects."""
+    if (name.startswith("__") and name.endswith("__")) or name in FRAME_ATTRIBUTES:
+        return True
+    return name.startswith("_") and not _kernel_instance(obj)
 
 
 def _guarded_getattr(obj: Any, name: str, *default: Any) -> Any:
     if not isinstance(name, str):
         raise TypeError("getattr(): attribute name must be a string")
-    if _is_forbidden_attribute(name):
+    if _is_forbidden_attribute(name, obj):
         raise SandboxViolation(f"getattr(..., {name!r}) is not allowed in a kernel")
     return getattr(obj, name, *default)
 
 
 def _guarded_hasattr(obj: Any, name: str) -> bool:
-    if _is_forbidden_attribute(name):
+    if _is_forbidden_attribute(name, obj):
         raise SandboxViolation(f"hasattr(..., {name!r}) is not allowed in a kernel")
     return hasattr(obj, name)
 
@@ -164,8 +170,28 @@ def _interruptible_sleep(seconds: float) -> None:
         time.sleep(min(left, _SLEEP_SLICE))
 
 
+def _checked_path(path: Any) -> Any:
+    if not isinstance(path, str):
+        raise TypeError("attribute name must be a string")
+    for part in path.split("."):
+        if part.startswith("_") or part in FRAME_ATTRIBUTES:
+            raise SandboxViolation(f"attribute {part!r} is not allowed in a kernel")
+    return path
+
+
+def _attrgetter(*paths: str) -> Any:
+    return operator.attrgetter(*(_checked_path(p) for p in paths))
+
+
+def _methodcaller(name: str, *args: Any, **kwargs: Any) -> Any:
+    return operator.methodcaller(_checked_path(name), *args, **kwargs)
+
+
 # Replacements for module attributes that would otherwise block the timeout or leak out.
-_OVERRIDES: dict[str, dict[str, Any]] = {"time": {"sleep": _interruptible_sleep}}
+_OVERRIDES: dict[str, dict[str, Any]] = {
+    "time": {"sleep": _interruptible_sleep},
+    "operator": {"attrgetter": _attrgetter, "methodcaller": _methodcaller},
+}
 
 
 class OutputBuffer:
@@ -205,10 +231,147 @@ def _sandbox_print(*args: Any, sep: str | None = " ", end: str | None = "\n", **
 
 
 class ModuleProxy(types.ModuleType):
-    """A stand-in for an allowed module holding only its non-module public attributes."""
+    """A read-only stand-in for an allowed module: only its public, non-module attributes.
+
+    Read-only because one proxy serves every kernel in the process: a kernel that could
+    write ``json.dumps = ...`` would change what every other kernel runs.
+    """
+
+    _sealed = False
 
     def __repr__(self) -> str:
         return f"<sandboxed module {self.__name__!r}>"
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self._sealed:
+            raise SandboxViolation(f"module {self.__name__!r} is read-only in a kernel")
+        super().__setattr__(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        raise SandboxViolation(f"module {self.__name__!r} is read-only in a kernel")
+
+    def seal(self) -> None:
+        object.__setattr__(self, "_sealed", True)
+
+
+# -- guards compiled into kernel code ---------------------------------------------------
+
+GUARD_PREFIX = "_pyrecks_"
+
+
+def _kernel_instance(obj: Any) -> bool:
+    """Whether ``obj`` is an instance of a class the kernel itself defined."""
+    return not isinstance(obj, type | types.FunctionType | types.ModuleType) and str(
+        getattr(type(obj), "__module__", "")
+    ).startswith("kernel:")
+
+
+def _writable(obj: Any) -> Any:
+    """Guard for ``obj.attr = …`` / ``del obj.attr``: only on instances of kernel classes.
+
+    Everything else — modules, classes, functions, objects from library modules — is
+    shared by every kernel in the process, so writing to it would be global state.
+    """
+    if _kernel_instance(obj):
+        return obj
+    if isinstance(obj, types.ModuleType):
+        raise SandboxViolation(f"module {obj.__name__!r} is read-only in a kernel")
+    raise SandboxViolation(
+        f"kernels may only set attributes on instances of classes they define, "
+        f"not on a {type(obj).__name__}"
+    )
+
+
+def _template_is_safe(template: str) -> None:
+    """Refuse ``str.format`` templates that reach attributes or items named ``_…``."""
+    import string
+
+    for _literal, field, _spec, _conversion in string.Formatter().parse(template):
+        if not field:
+            continue
+        parts = re.split(r"[.\[\]]", field)
+        if any(
+            part.strip().startswith("_") or part.strip() in FRAME_ATTRIBUTES for part in parts[1:]
+        ):
+            raise SandboxViolation(
+                f"format template field {{{field}}} reads a private or internal attribute; "
+                "kernels may not do that"
+            )
+
+
+def _format(obj: Any, attr: str) -> Any:
+    """Guard for ``x.format`` / ``x.format_map``: templates may not read private attributes."""
+    method = getattr(obj, attr)
+    if obj is str:  # str.format(template, ...)
+
+        def unbound(template: str, *args: Any, **kwargs: Any) -> Any:
+            _template_is_safe(template)
+            return method(template, *args, **kwargs)
+
+        return unbound
+    if isinstance(obj, str):
+
+        def bound(*args: Any, **kwargs: Any) -> Any:
+            _template_is_safe(obj)
+            return method(*args, **kwargs)
+
+        return bound
+    return method
+
+
+class _GuardInserter(ast.NodeTransformer):
+    """Rewrites kernel code so that attribute writes and format templates are checked."""
+
+    def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
+        self.generic_visit(node)
+        if isinstance(node.ctx, ast.Store | ast.Del):
+            node.value = ast.Call(
+                func=ast.Name(id=f"{GUARD_PREFIX}writable", ctx=ast.Load()),
+                args=[node.value],
+                keywords=[],
+            )
+            return node
+        if node.attr in ("format", "format_map"):
+            return ast.copy_location(
+                ast.Call(
+                    func=ast.Name(id=f"{GUARD_PREFIX}format", ctx=ast.Load()),
+                    args=[node.value, ast.Constant(node.attr)],
+                    keywords=[],
+                ),
+                node,
+            )
+        return node
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        if node.id.startswith(GUARD_PREFIX):
+            raise SandboxViolation(f"names starting with {GUARD_PREFIX!r} are reserved")
+        return node
+
+    def visit_arg(self, node: ast.arg) -> ast.AST:
+        if node.arg.startswith(GUARD_PREFIX):
+            raise SandboxViolation(f"names starting with {GUARD_PREFIX!r} are reserved")
+        return node
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
+        if node.name.startswith(GUARD_PREFIX):
+            raise SandboxViolation(f"names starting with {GUARD_PREFIX!r} are reserved")
+        self.generic_visit(node)
+        return node
+
+    visit_ClassDef = visit_FunctionDef  # type: ignore[assignment]
+
+
+def compile_guarded(name: str, source: str, filename: str) -> types.CodeType:
+    """Compile a (checked) kernel source with the run-time guards inserted.
+
+    The VM always compiles kernels itself, this way, rather than trusting bytecode read
+    from Redis: the checker decides what may be written, and these guards hold even where
+    the checker cannot see (names computed at run time, objects reached through aliases).
+    """
+    tree = ast.parse(source, filename=filename)
+    tree = _GuardInserter().visit(tree)
+    ast.fix_missing_locations(tree)
+    return compile(tree, filename, "exec")
 
 
 class Sandbox:
@@ -239,6 +402,8 @@ class Sandbox:
                 "hasattr": _guarded_hasattr,
                 "print": _sandbox_print,
                 "__import__": self._import,
+                f"{GUARD_PREFIX}writable": _writable,
+                f"{GUARD_PREFIX}format": _format,
             }
         )
         self._proxies: dict[str, ModuleProxy] = {}
@@ -280,11 +445,15 @@ class Sandbox:
             return proxy
         top = ModuleProxy(head)
         node = top
+        made = [top]
         parts = rest.split(".")
         for i, part in enumerate(parts):
             child = proxy if i == len(parts) - 1 else ModuleProxy(f"{node.__name__}.{part}")
             setattr(node, part, child)
             node = child
+            made.append(child)
+        for made_proxy in made:
+            made_proxy.seal()
         return top
 
     def proxy(self, name: str) -> ModuleProxy:
@@ -295,12 +464,15 @@ class Sandbox:
             module = importlib.import_module(name)
             proxy = ModuleProxy(name)
             for attr, value in vars(module).items():
-                if attr.startswith("__") or isinstance(value, types.ModuleType):
+                # Private names (``dataclasses._create_fn``, ``random._os``) are not API
+                # and several lead straight out of the sandbox.
+                if attr.startswith("_") or isinstance(value, types.ModuleType):
                     continue
                 if f"{name}.{attr}" in self.forbidden_attributes:
                     continue
                 setattr(proxy, attr, value)
             for attr, value in _OVERRIDES.get(name, {}).items():
                 setattr(proxy, attr, value)
+            proxy.seal()
             self._proxies[name] = proxy
             return proxy

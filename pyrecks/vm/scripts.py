@@ -164,9 +164,18 @@ for _, e in ipairs(p.effects) do
     return {'rejected', cmd .. ' ' .. key .. ': the key holds a ' .. t ..
             ' but ' .. cmd .. ' needs a ' .. want}
   end
-  if (cmd == 'INCRBY' or cmd == 'INCRBYFLOAT') and t == 'string'
-     and tonumber(redis.call('GET', key)) == nil then
-    return {'rejected', cmd .. ' ' .. key .. ': the key does not hold a number'}
+  if t == 'string' then
+    local value = redis.call('GET', key)
+    local kprefix = ARGV[5]
+    if string.sub(key, 1, string.len(kprefix)) == kprefix and string.find(
+        value, 'def ' .. string.sub(key, string.len(kprefix) + 1) .. '(', 1, true) then
+      return {'rejected', cmd .. ' ' .. key .. ': "' .. key .. '" holds the source of a ' ..
+              'kernel stored as a plain string (the seed way); ' ..
+              'kernels change only through pyrecksc compile'}
+    end
+    if (cmd == 'INCRBY' or cmd == 'INCRBYFLOAT') and tonumber(value) == nil then
+      return {'rejected', cmd .. ' ' .. key .. ': the key does not hold a number'}
+    end
   end
 end
 for _, e in ipairs(p.effects) do redis.call(unpack(e)) end
