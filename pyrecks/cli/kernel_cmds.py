@@ -11,6 +11,7 @@ from __future__ import annotations
 import dis
 import io
 import json
+import os
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -23,7 +24,13 @@ import click
 from pyrecks.cli.common import fail, redis_option, remember_url
 from pyrecks.cli.pyrecksc import main
 from pyrecks.compiler.checker import Finding, check
-from pyrecks.compiler.compiler import MAGIC, CompiledKernel, compile_kernel
+from pyrecks.compiler.compiler import (
+    MAGIC,
+    PARALLEL_MIN_KERNELS,
+    CompiledKernel,
+    compile_kernel,
+    compile_many,
+)
 from pyrecks.compiler.policy import Policy, load_policy, save_policy
 from pyrecks.compiler.store import KernelRecord, KernelStore
 from pyrecks.errors import KernelRejected, LintError, PyrecksError
@@ -250,16 +257,29 @@ def compile_files(
     """Check and compile every file; return (compiled, rejected-with-findings)."""
     good: list[tuple[KernelFile, CompiledKernel]] = []
     bad: list[tuple[KernelFile, list[Any]]] = []
-    with _progress(files, "Checking kernels") as bar:
-        for path in bar:
-            kernel = read_kernel(path)
-            if kernel.problem is not None:
-                bad.append((kernel, [kernel.problem]))
-                continue
-            try:
-                good.append((kernel, compile_kernel(kernel.name, kernel.source, policy)))
-            except KernelRejected as exc:
-                bad.append((kernel, list(exc.findings)))
+    readable: list[KernelFile] = []
+    for path in files:
+        kernel = read_kernel(path)
+        if kernel.problem is not None:
+            bad.append((kernel, [kernel.problem]))
+        else:
+            readable.append(kernel)
+    if len(readable) >= PARALLEL_MIN_KERNELS:
+        # Large batches use every core; each kernel still meets the same checker.
+        click.echo(f"Checking {len(readable)} kernels on {os.cpu_count() or 1} cores ...", err=True)
+        results = compile_many([(k.name, k.source) for k in readable], policy, workers=None)
+        for kernel, result in zip(readable, results, strict=True):
+            if isinstance(result, KernelRejected):
+                bad.append((kernel, list(result.findings)))
+            else:
+                good.append((kernel, result))
+    else:
+        with _progress(readable, "Checking kernels") as bar:
+            for kernel in bar:
+                try:
+                    good.append((kernel, compile_kernel(kernel.name, kernel.source, policy)))
+                except KernelRejected as exc:
+                    bad.append((kernel, list(exc.findings)))
     names: dict[str, Path] = {}
     for kernel, _compiled in good:
         if kernel.name in names:
