@@ -142,6 +142,8 @@ class Pyrecks:
         chain_id: str,
         timeout: float | None = None,
         on_entry: Callable[[LogEntry], None] | None = None,
+        *,
+        missing_ok: bool = False,
     ) -> ChainInfo:
         """Block until the chain is done, failed or cancelled (or ``timeout`` passes).
 
@@ -149,7 +151,8 @@ class Pyrecks:
         script that ends the chain), so a waiter costs the VM nothing per step.  With
         ``on_entry`` it follows the log stream (every step, kernel output) and re-reads the
         chain record when an ``end`` or ``error`` entry arrives.  Either way the record is
-        re-read at least once a second.
+        re-read at least once a second.  With ``missing_ok``, a chain whose record does not
+        exist yet (started with a raw ``XADD`` that no VM has read yet) is waited for too.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         key = self.keyspace.log(chain_id)
@@ -157,7 +160,12 @@ class Pyrecks:
         recheck = True
         while True:
             if recheck:
-                info = self.status(chain_id)
+                try:
+                    info = self.status(chain_id)
+                except ChainNotFound:
+                    if not missing_ok:
+                        raise
+                    info = ChainInfo.from_hash(chain_id, {})
                 recheck = False
                 if info.status.finished:
                     if on_entry is not None:

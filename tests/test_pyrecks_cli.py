@@ -172,6 +172,6 @@ def test_an_invalid_client_supplied_id_fails_visibly(seeded: redis.Redis) -> Non
     entry = seeded.xadd("pyrecks:starts", {"call": 'func0("x")', "id": "a.b"})
     chain_id = entry.decode().replace("-", "")
     with px.local_vm(echo=False, threads=1):
-        info = px.wait(chain_id, timeout=30)
+        info = px.wait(chain_id, timeout=30, missing_ok=True)
     assert info.status is ChainStatus.FAILED
     assert "invalid id 'a.b'" in (info.error or "")
