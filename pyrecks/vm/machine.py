@@ -44,6 +44,7 @@ from pyrecks.compiler.policy import Policy, load_policy
 from pyrecks.compiler.render import render, render_call, render_value
 from pyrecks.compiler.store import KernelStore
 from pyrecks.errors import KernelNotFound, KernelRejected, PyrecksError, ReturnStringError
+from pyrecks.kernel import _take_rendered
 from pyrecks.keys import Keyspace
 from pyrecks.vm.convert import ArgumentError, RedisValue, convert
 from pyrecks.vm.effects import EffectRejected, check_patterns, encode_effect
@@ -594,7 +595,7 @@ class VM:
                 "return a string such as 'next(\"x\")' (use pyrecks.kernel.call) or '' to end",
             )
         try:
-            transition = parse(returned)
+            transition = _take_rendered(returned) or parse(returned)
         except ReturnStringError as exc:
             raise StepFailure(
                 "return_string",
