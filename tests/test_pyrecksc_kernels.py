@@ -193,3 +193,19 @@ def test_embedded_redis_keeps_kernels_between_processes() -> None:
     finally:
         EmbeddedServer(home).stop()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_show_and_rm_treat_ordinary_data_as_not_a_kernel(r: redis.Redis, redis_url: str) -> None:
+    from click.testing import CliRunner
+
+    from pyrecks.cli.pyrecksc import main
+
+    r.set("func0", "def func0(x):\n    return ''\n")
+    r.set("doc:1", "just a document")
+    runner = CliRunner()
+    shown = runner.invoke(main, ["show", "doc:1", "--redis", redis_url])
+    assert shown.exit_code == 1
+    removed = runner.invoke(main, ["rm", "func0", "doc:1", "--redis", redis_url])
+    assert removed.exit_code == 1
+    assert "nothing was deleted" in removed.output
+    assert r.exists("func0") and r.get("doc:1") == b"just a document"

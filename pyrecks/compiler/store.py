@@ -336,6 +336,8 @@ class KernelStore:
         kind = _text(reply[0])
         if kind == "string":
             source = _text(reply[1])
+            if not looks_like_kernel(source, name):
+                return None  # ordinary data that happens to share the name
             return KernelRecord(
                 name=name,
                 key=key,
@@ -356,6 +358,8 @@ class KernelStore:
             return None
         flat = reply[1]
         data = {_text(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
+        if "source" not in data:
+            return None  # a hash, but not a kernel record
         return record_from_hash(name, key, data)
 
     def require(self, name: str) -> KernelRecord:
