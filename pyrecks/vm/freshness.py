@@ -137,14 +137,17 @@ class KernelWatch:
             try:
                 self._connect()
                 backoff = 0.05
-                while not self._stopped.is_set():
-                    if self._listener.can_read(timeout=0.5):
-                        self._on_message(self._listener.read_response())
+                listener = self._listener
+                while not self._stopped.is_set() and listener is self._listener:
+                    if listener.can_read(timeout=0.5):
+                        self._on_message(listener.read_response())
             except redis.ResponseError as exc:
                 log.info("Redis refused client tracking (%s); checking kernels every step", exc)
                 self._reset()
                 return
-            except (redis.RedisError, OSError) as exc:
+            except (redis.RedisError, OSError, TypeError, ValueError, AttributeError) as exc:
+                # TypeError/ValueError/AttributeError: the socket was closed under us by a
+                # reset from the tracker's thread; treat it like any lost connection.
                 if self._stopped.is_set():
                     return
                 log.info("kernel invalidation listener lost (%s); reconnecting", exc)
