@@ -263,6 +263,59 @@ def _next(value):
 def k(x):
     return _next(x)
 '''),
+    # PK306: modules used as module.attribute, and names that only look like modules
+    ("modules used as module.attribute", '''
+import json, math, operator
+import collections.abc
+import datetime as dt
+
+def k(x):
+    y = json.dumps(x)
+    z = math.pi * math.sqrt(2)
+    m = isinstance(x, collections.abc.Mapping)
+    d = dt.date(2020, 1, 1)
+    s = operator.add(1, 2)
+    get = operator.attrgetter("real")
+    return json.dumps([y, z, m, str(d), s, get(3)])
+'''),
+    ("parameter and local shadow a module", '''
+import json
+
+def _helper(json):
+    return json["a"]
+
+def k(x, math=None):
+    json = {"a": x}
+    return _helper(json) if math is None else ''
+'''),
+    ("class from a module passed around", '''
+from collections import Counter, OrderedDict
+
+def _count(factory, items):
+    return factory(items)
+
+def k(x):
+    kinds = [Counter, OrderedDict]
+    c = _count(Counter, x)
+    return '' if kinds and c else ''
+'''),
+    ("comprehension variable shadows a module", '''
+import json
+
+def k(xs):
+    return json.dumps([json + 1 for json in xs])
+'''),
+    ("module attribute in a class and a lambda", '''
+import math
+
+class Circle:
+    def __init__(self, r):
+        self.area = math.pi * r * r
+
+def k(x):
+    f = lambda r: math.floor(r)
+    return '' if f(Circle(x).area) else ''
+'''),
 ]
 
 

@@ -119,6 +119,50 @@ FORBIDDEN: list[tuple[str, str, str, int]] = [
     ("format_map trick", _k("y = '{a.__init__.__globals__}'.format_map({'a': x})\n"), "PK304", 2),
     ("str.format unbound", _k("y = str.format('{0.__class__}', x)\n"), "PK304", 2),
     ("format method kept", _k("f = '{0.gi_frame}'.format\n"), "PK304", 2),
+    # PK306: a module may only be used as module.attribute (aliasing hid PK303/PK206/PK404)
+    ("module alias", "import dataclasses\n" + _k("m = dataclasses\nm._create_fn('f', [], [])\n"), "PK306", 3),
+    ("module in a list", "import dataclasses\n" + _k("m = [dataclasses]\nm[0]._create_fn\n"), "PK306", 3),
+    (
+        "module through an identity helper",
+        "import dataclasses\ndef _id(v):\n    return v\n" + _k("_id(dataclasses)._create_fn\n"),
+        "PK306",
+        5,
+    ),
+    (
+        "operator module alias",
+        "import operator\n" + _k("m = operator\ng = m.attrgetter('__glob' + 'als__')\n"),
+        "PK306",
+        3,
+    ),
+    ("module alias then write", "import json\n" + _k("m = json\nm.dumps = str\n"), "PK306", 3),
+    ("import as, then alias", "import json as j\n" + _k("m = j\n"), "PK306", 3),
+    ("dotted import root", "import collections.abc\n" + _k("m = collections\n"), "PK306", 3),
+    ("allowed submodule from-import", "from collections import abc\n" + _k("m = abc\n"), "PK306", 3),
+    ("module returned", "import json\ndef k(x):\n    return json\n", "PK306", 3),
+    ("module in a tuple", "import json\n" + _k("a, b = json, 1\n"), "PK306", 3),
+    ("module in a dict", "import json\n" + _k("d = {'j': json}\n"), "PK306", 3),
+    ("module compared", "import json\n" + _k("y = x is json\n"), "PK306", 3),
+    ("module as keyword argument", "import json\n" + _k("y = dict(m=json)\n"), "PK306", 3),
+    ("module in a comprehension", "import json\n" + _k("y = [json for _ in x]\n"), "PK306", 3),
+    ("module as a default", "import json\ndef k(x, m=json):\n    return ''\n", "PK306", 2),
+    ("module deleted", "import json\n" + _k("import json\ndel json\n"), "PK306", 4),
+    ("module module-level alias", "import json\nJ = json\n" + _k("pass\n"), "PK306", 2),
+    ("module in a lambda", "import json\n" + _k("f = lambda: json\n"), "PK306", 3),
+    (
+        "comprehension variable does not shadow the function",
+        "import json\n" + _k("y = [0 for json in x]\nm = json\n"),
+        "PK306",
+        4,
+    ),
+    ("first iterable is outside the comprehension", "import json\n" + _k("y = [json for json in [json]]\n"), "PK306", 3),
+    (
+        "class attribute does not shadow in a method",
+        "import json\nclass C:\n    json = 1\n    def f(self):\n        return json\n" + _k("pass\n"),
+        "PK306",
+        5,
+    ),
+    ("module attribute as for target", "import json\n" + _k("for json.dumps in [str]:\n    pass\n"), "PK306", 3),
+    ("module attribute as with target", "import json\n" + _k("with x as json.dumps:\n    pass\n"), "PK306", 3),
     # PK4xx global state
     ("global", "X = 1\n" + _k("global X\nX = 2\n"), "PK401", 3),
     ("nonlocal", _k("y = 1\ndef f():\n    nonlocal y\n    y = 2\n"), "PK401", 4),
@@ -133,6 +177,9 @@ FORBIDDEN: list[tuple[str, str, str, int]] = [
     ("shuffle module list", "import random\nL = [1]\n" + _k("random.shuffle(L)\n"), "PK402", 4),
     ("module attribute set", "import math\n" + _k("math.pi = 3\n"), "PK404", 3),
     ("module attribute set top", "import math\nmath.pi = 3\n" + _k("pass\n"), "PK404", 2),
+    ("module attribute del", "import json\n" + _k("del json.dumps\n"), "PK404", 3),
+    ("module attribute augassign", "import math\n" + _k("math.pi += 1\n"), "PK404", 3),
+    ("module attribute set after local import", _k("import json\njson.dumps = str\n"), "PK404", 3),
     ("random.seed", "import random\n" + _k("random.seed(1)\n"), "PK404", 3),
     ("decimal.setcontext", "import decimal\n" + _k("decimal.setcontext(decimal.Context())\n"), "PK404", 3),
     (
@@ -212,6 +259,18 @@ def test_forbidden_builtin_set_comes_from_the_policy() -> None:
     policy = Policy().with_changes(forbidden_builtins=[*Policy().forbidden_builtins, "sorted"])
     findings = check(_k("y = sorted(x)\n"), "k", policy)
     assert [f.code for f in findings if f.is_error] == ["PK201"]
+
+
+def test_module_alias_message_says_what_to_write() -> None:
+    source = "import json\n" + _k("m = json\n")
+    (finding,) = [f for f in check(source, "k") if f.is_error]
+    assert (finding.code, finding.line, finding.column) == ("PK306", 3, 9)
+    assert "json.f(x)" in finding.message and "cannot be stored" in finding.message
+
+
+def test_direct_module_attribute_write_is_reported_once() -> None:
+    source = "import json\n" + _k("json.dumps = str\n")
+    assert [f.code for f in check(source, "k") if f.is_error] == ["PK404"]
 
 
 def test_columns_point_at_the_attribute() -> None:

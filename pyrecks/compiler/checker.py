@@ -429,6 +429,9 @@ def _walk(node: ast.AST) -> Iterator[ast.AST]:
 def _bound_names(body: Iterable[ast.AST], imports: set[str] | None = None) -> set[str]:
     """Names bound directly in a scope (not inside nested functions, classes or lambdas).
 
+    A comprehension's loop variables belong to the comprehension (Python 3), not the scope;
+    a ``:=`` inside one does bind in the scope.
+
     ``imports``, if given, receives the subset bound by import statements.  (The checker
     computes these sets for every scope in one pass, :meth:`KernelChecker._prepass`; this
     function is the definition that pass follows.)
@@ -441,6 +444,10 @@ def _bound_names(body: Iterable[ast.AST], imports: set[str] | None = None) -> se
             names.add(node.name)
             continue
         if isinstance(node, ast.Lambda):
+            continue
+        if isinstance(node, ast.comprehension):  # its target is the comprehension's own
+            stack.append(node.iter)
+            stack.extend(node.ifs)
             continue
         if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store | ast.Del):
             names.add(node.id)
@@ -603,6 +610,9 @@ class _Scope:
 
     names: set[str]
     imports: frozenset[str] = frozenset()
+    #: A class body's names are visible in the body itself, not in its methods, lambdas or
+    #: comprehensions: they count only while the class scope is the innermost one.
+    is_class: bool = False
 
 
 @dataclass
@@ -636,6 +646,12 @@ class KernelChecker(ast.NodeVisitor):
         self._scope_names: dict[ast.AST, tuple[set[str], set[str]]] = {}
         self._has_yield = False
         self._watched_names: frozenset[str] | set[str] = frozenset()
+        # PK306: names bound to a module by an import -> the module's dotted name; the ids of
+        # Name nodes that stand as ``module.attr`` (read) or whose write PK404 reports.
+        self.module_names: dict[str, str] = {}
+        self._module_reads: set[int] = set()
+        self._module_writes_reported: set[int] = set()
+        self._module_writes: set[int] = set()
         self._visitors = _visitor_table(type(self))
 
     # -- reporting ---------------------------------------------------------------------
@@ -661,8 +677,9 @@ class KernelChecker(ast.NodeVisitor):
     # -- name resolution ---------------------------------------------------------------
 
     def _is_local(self, name: str) -> bool:
-        for scope in self.scopes:  # noqa: SIM110 - a loop is faster than any() here
-            if name in scope.names:
+        scopes = self.scopes
+        for scope in scopes:
+            if name in scope.names and (not scope.is_class or scope is scopes[-1]):
                 return True
         return False
 
@@ -683,11 +700,17 @@ class KernelChecker(ast.NodeVisitor):
 
     def _shadowed(self, name: str) -> bool:
         """An import alias rebound by a function's own assignment or parameter."""
-        for scope in reversed(self.scopes):
-            if name in scope.names:
+        scopes = self.scopes
+        for scope in reversed(scopes):
+            if name in scope.names and (not scope.is_class or scope is scopes[-1]):
                 return name not in scope.imports
         return False
 
+
+    def _is_module(self, node: ast.expr) -> bool:
+        """Whether ``node`` names an imported module (``operator``, ``collections.abc``)."""
+        dotted = self._dotted(node)
+        return dotted is not None and isinstance(self._value_of(dotted), types.ModuleType)
 
     def _value_of(self, dotted: str) -> Any:
         """The object a dotted import path names, imported here, or ``_MISSING``."""
@@ -730,7 +753,9 @@ class KernelChecker(ast.NodeVisitor):
         """One breadth-first walk (``ast.walk`` order) that learns what the rules look up.
 
         * ``aliases``: every import anywhere in the kernel, later imports overriding earlier
-          ones in walk order;
+          ones in walk order, and ``module_names``, those of them that bind a module (PK306:
+          ``import a.b`` binds ``a``, ``import a.b as c`` binds ``c``, ``from a import b``
+          counts when ``a.b`` is a module);
         * for every function, lambda and class, the names bound in its body and which of
           them are imports — :func:`_bound_names` of that body, for all scopes at once;
         * whether the kernel contains ``yield`` at all (the generator rules walk again only
@@ -739,6 +764,7 @@ class KernelChecker(ast.NodeVisitor):
         Returns the names bound at module level (``_bound_names(tree.body)``).
         """
         aliases = self.aliases
+        modules = self.module_names
         scope_names = self._scope_names
         module_names: set[str] = set()
         fields_of = _CHILD_FIELDS
@@ -757,17 +783,20 @@ class KernelChecker(ast.NodeVisitor):
             if cls is ast.Import:
                 for alias in node.names:  # type: ignore[attr-defined]
                     if alias.asname:
-                        aliases[alias.asname] = alias.name
+                        aliases[alias.asname] = modules[alias.asname] = alias.name
                     else:
                         root = alias.name.split(".")[0]
-                        aliases[root] = root
+                        aliases[root] = modules[root] = root
             elif cls is ast.ImportFrom:
                 if node.module and not node.level:  # type: ignore[attr-defined]
                     for alias in node.names:  # type: ignore[attr-defined]
                         if alias.name != "*":
-                            aliases[alias.asname or alias.name] = (
-                                f"{node.module}.{alias.name}"  # type: ignore[attr-defined]
-                            )
+                            full = f"{node.module}.{alias.name}"  # type: ignore[attr-defined]
+                            aliases[alias.asname or alias.name] = full
+                            if full in self.policy.allowed_modules or isinstance(
+                                self._value_of(full), types.ModuleType
+                            ):  # ``from collections import abc`` binds a module
+                                modules[alias.asname or alias.name] = full
             elif cls is ast.Yield or cls is ast.YieldFrom:
                 self._has_yield = True
             fields = fields_of[cls]
@@ -805,6 +834,14 @@ class KernelChecker(ast.NodeVisitor):
                         names.add(node.name)  # type: ignore[attr-defined]
                 elif cls is ast.MatchMapping and node.rest:  # type: ignore[attr-defined]
                     names.add(node.rest)  # type: ignore[attr-defined]
+                elif cls is ast.comprehension:
+                    # The loop variables are the comprehension's own (the visitor gives it a
+                    # scope); its iterables and conditions bind ':=' names here.
+                    push((node.target, None, None))  # type: ignore[attr-defined]
+                    push((node.iter, names, imports))  # type: ignore[attr-defined]
+                    for cond in node.ifs:  # type: ignore[attr-defined]
+                        push((cond, names, imports))
+                    continue
             for fname in fields:
                 value = getattr(node, fname, None)
                 if type(value) is list:
@@ -1145,6 +1182,42 @@ class KernelChecker(ast.NodeVisitor):
                 f"{dotted} may only be called directly with literal, non-dunder names; "
                 "write a lambda that reads the attribute by name instead",
             )
+        if name in self.module_names:
+            self._module_use(node)
+
+    def _module_use(self, node: ast.Name) -> None:
+        """PK306: a module may only be used as ``module.attribute``.
+
+        Storing, passing, returning, comparing or deleting a module (``m = json``,
+        ``f(json)``, ``[json]``) hides which of its attributes the kernel reaches: the
+        attribute rules (PK303, PK206, PK404) see ``json.x`` but not ``m.x``.  Writing to a
+        module attribute is reported here too unless PK404 already says it (``for json.x in``,
+        ``with ... as json.x``, comprehension targets, writes after a local import).
+        """
+        key = id(node)
+        name = node.id
+        if key in self._module_reads or key in self._module_writes_reported:
+            return
+        if self._shadowed(name):
+            return  # a parameter or local variable of the same name
+        module = self.module_names[name]
+        shown = f"{name}'" if module == name else f"{name}' (module '{module}')"
+        if key in self._module_writes:
+            self.error(
+                "PK306",
+                node,
+                f"writing to an attribute of module '{shown} changes it for every kernel in "
+                "the VM process; modules cannot be stored, passed or changed in a kernel: "
+                "keep your values in local variables",
+            )
+            return
+        self.error(
+            "PK306",
+            node,
+            f"module '{shown} may only be used as {name}.attribute: write {name}.f(x) where "
+            f"you use it, not m = {name}; m.f(x) or g({name}); modules cannot be stored, "
+            "passed, returned, compared or changed in a kernel",
+        )
 
     # PK3xx: attributes -----------------------------------------------------------------
 
@@ -1165,6 +1238,11 @@ class KernelChecker(ast.NodeVisitor):
                 node,
                 f"'.{attr}' is a Python 2 method: in Python 3 write {PY2_METHODS[attr]}",
             )
+        if isinstance(node.value, ast.Name) and node.value.id in self.module_names:
+            if isinstance(node.ctx, ast.Load):
+                self._module_reads.add(id(node.value))
+            else:
+                self._module_writes.add(id(node.value))
         base = self._dotted(node.value)
         if base is not None:
             value = self._value_of(base)
@@ -1325,7 +1403,8 @@ class KernelChecker(ast.NodeVisitor):
                 )
 
     def _method_call(self, func: ast.Attribute, node: ast.Call) -> None:
-        if func.attr in MUTATING_METHODS:
+        if func.attr in MUTATING_METHODS and not self._is_module(func.value):
+            # (``operator.add(a, b)`` calls a module function; it mutates nothing)
             self._mutation(func.value, node, via=f".{func.attr}()")
         if func.attr in ("format", "format_map"):
             receiver = func.value
@@ -1351,17 +1430,20 @@ class KernelChecker(ast.NodeVisitor):
     def _mutation(self, target: ast.expr, node: ast.AST, *, via: str) -> None:
         """Report a change of module-level state through ``target`` (a name, attr or item)."""
         root = _root(target)
-        if not isinstance(root, ast.Name) or self._is_local(root.id):
+        if not isinstance(root, ast.Name):
             return
         name = root.id
-        if name in self.aliases and name not in self.module_vars:
+        if name in self.aliases and name not in self.module_vars and not self._shadowed(name):
+            # (an import inside the function is local to it but still the shared module)
+            if target is not root:
+                self._module_writes_reported.add(id(root))
             self.error(
                 "PK404",
                 node,
                 f"changing module '{self.aliases[name]}' ({via}) affects every kernel in the VM "
                 "process; keep your values in local variables",
             )
-        elif name in self.module_vars and self.scopes:
+        elif name in self.module_vars and self.scopes and not self._is_local(name):
             self.error(
                 "PK402",
                 node,
@@ -1491,6 +1573,42 @@ class KernelChecker(ast.NodeVisitor):
         self.visit(node.args)
         self._visit_function(node)
 
+    def _visit_comprehension(
+        self, node: ast.ListComp | ast.SetComp | ast.GeneratorExp | ast.DictComp
+    ) -> None:
+        """A comprehension is a scope of its own: its loop variables shadow outer names.
+
+        The first iterable is evaluated outside that scope (``[m for json in [json]]`` reads
+        the outer ``json``), so it is visited first.
+        """
+        first, *rest = node.generators
+        self.visit(first.iter)
+        names = {
+            sub.id
+            for gen in node.generators
+            for sub in _walk(gen.target)
+            if isinstance(sub, ast.Name)
+        }
+        self.scopes.append(_Scope(names))
+        try:
+            self.visit(first.target)
+            for cond in first.ifs:
+                self.visit(cond)
+            for gen in rest:
+                self.visit(gen)
+            if isinstance(node, ast.DictComp):
+                self.visit(node.key)
+                self.visit(node.value)
+            else:
+                self.visit(node.elt)
+        finally:
+            self.scopes.pop()
+
+    visit_ListComp = _visit_comprehension
+    visit_SetComp = _visit_comprehension
+    visit_GeneratorExp = _visit_comprehension
+    visit_DictComp = _visit_comprehension
+
     def visit_ClassDef(self, node: ast.ClassDef) -> None:
         for kw in node.keywords:
             self.error(
@@ -1523,7 +1641,8 @@ class KernelChecker(ast.NodeVisitor):
                     "create it in __init__ or use a tuple/frozenset",
                 )
         self.state.in_class += 1
-        self.scopes.append(_Scope(set(self._scope_names[node][0])))  # _bound_names(body)
+        # _bound_names(body)
+        self.scopes.append(_Scope(set(self._scope_names[node][0]), is_class=True))
         try:
             self.generic_visit(node)
         finally:
