@@ -88,6 +88,35 @@ def test_runtime_guards_hold_without_the_checker(
         _run(sandbox, source)
 
 
+def _run_guarded(sandbox: Sandbox, source: str) -> dict[str, object]:
+    from pyrecks.vm.sandbox import compile_guarded
+
+    namespace = sandbox.namespace("t")
+    exec(compile_guarded("t", source, "<kernel t>"), namespace)
+    return namespace
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import json\nm = json\nm.dumps = len",  # a module is read-only
+        "import json\nm = json\ndel m.dumps",
+        "import dataclasses\nm = dataclasses\nm._create_fn",  # private names are absent
+        "import random\nm = random\nm._os",
+        "import json\nc = json.JSONEncoder\nc.item_separator = ';'",  # shared class
+        "import random\nt = '{0.__glo' + 'bals__}'\nt.format(random.randint)",
+        "import random\nstr.format('{0._' + '_globals__}', random.randint)",
+        "import random\nt = '{0.__glo' + 'bals__}'\nf = t.format\nf(random.randint)",
+        "import operator, random\nm = operator\nm.attrgetter('__glob' + 'als__')",
+        "import operator\noperator.methodcaller('_' + '_reduce__')",
+        "_pyrecks_writable = lambda o: o",  # the guards cannot be shadowed
+    ],
+)
+def test_compiled_in_guards_hold_without_the_checker(sandbox: Sandbox, source: str) -> None:
+    with pytest.raises((SandboxViolation, AttributeError)):
+        _run_guarded(sandbox, source)
+
+
 def test_allowed_modules_work_inside_the_sandbox(sandbox: Sandbox) -> None:
     ns = _run(
         sandbox,
