@@ -56,6 +56,7 @@ def test_run_local_of_a_failing_chain_exits_1_with_the_reason(
     assert failed.returncode == 1
     record = json.loads(failed.stdout)
     assert record["status"] == "failed"
+    assert record["result_value"] is None
     assert record["error_kind"] == "kernel_error"
     assert "ZeroDivisionError" in record["traceback"]
 
@@ -175,3 +176,11 @@ def test_an_invalid_client_supplied_id_fails_visibly(seeded: redis.Redis) -> Non
         info = px.wait(chain_id, timeout=30, missing_ok=True)
     assert info.status is ChainStatus.FAILED
     assert "invalid id 'a.b'" in (info.error or "")
+
+
+def test_run_json_gives_the_result_as_text_and_as_a_json_value(redis_url: str, r: redis.Redis) -> None:
+    raw_kernel(r, "summary", "from pyrecks.kernel import done\ndef summary():\n    return done({'n': [1, 2]})\n")
+    done = pyrecks("run", "summary", "--local", "--json", "--redis", redis_url)
+    record = json.loads(done.stdout)
+    assert record["result"] == '{"n": [1, 2]}'
+    assert record["result_value"] == {"n": [1, 2]}

@@ -8,9 +8,12 @@ happens inside the Lua scripts of :mod:`pyrecks.vm.scripts`, where it can be fen
 from __future__ import annotations
 
 import enum
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from pyrecks.errors import PyrecksError
 
 
 class ChainStatus(enum.StrEnum):
@@ -91,6 +94,23 @@ class ChainInfo:
             return None
         return (self.finished or time.time()) - self.created
 
+    def result_value(self) -> Any:
+        """The result as a JSON-friendly value (``result`` holds it as canonical text)."""
+        if not self.result:
+            return None
+        from pyrecks.compiler.instructions import thaw
+        from pyrecks.compiler.parser import parse_value
+
+        try:
+            value = thaw(parse_value(self.result))
+        except PyrecksError:
+            return None
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            return None  # e.g. a dict with tuple keys: read "result" instead
+        return value
+
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -104,6 +124,7 @@ class ChainInfo:
             "updated": self.updated,
             "finished": self.finished,
             "result": self.result,
+            "result_value": self.result_value(),
             "error": self.error,
             "error_kind": self.error_kind,
             "traceback": self.traceback,
