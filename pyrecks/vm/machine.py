@@ -407,9 +407,11 @@ class VM:
                 return
         ks = self.keyspace
         with self._lock:
-            if chain_id in self._active:
+            running = self._active.get(chain_id)
+        if running is not None:
+            if running.entry_id != entry_id:
                 self._ack(entry_id)  # a stale duplicate of a chain we are running
-                return
+            return  # (our own entry, reclaimed by ourselves: it stays pending until the end)
         mode = ["reclaim" if reclaimed else "new"]
 
         def claim() -> Any:
