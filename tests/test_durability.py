@@ -110,6 +110,23 @@ def test_graceful_drain_hands_chains_back_and_another_vm_finishes_them(
         _check_exact(r, px, chains)
 
 
+def test_sigterm_drains_like_ctrl_c(r: redis.Redis, redis_url: str) -> None:
+    import signal
+
+    px, chains = _start(r, 30)
+    first = VMProcess(redis_url, "terminated", threads=4, lease=30.0)
+    try:
+        _progress_past(px, chains[0], 2)
+        first.process.send_signal(signal.SIGTERM)
+        first.process.wait(timeout=60)
+    finally:
+        first.kill()
+    assert first.process.returncode == 0
+    # Handed back, not orphaned: another VM finishes them at once (no lease to wait out).
+    with vms(redis_url, 1, threads=4, lease=30.0):
+        _check_exact(r, px, chains)
+
+
 MIXED = """
 def mixed(i: int, n: int):
     # Pure steps, with an effect every fifth step: a crash re-runs the pure steps after

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -196,7 +197,13 @@ def vm(
         f"pyrecks vm {machine.name}: {threads} threads, {isolation} isolation; Ctrl-C to stop",
         err=True,
     )
+    # SIGTERM (systemd, docker stop, kill) drains like Ctrl-C instead of dropping work.
+    signal.signal(signal.SIGTERM, _interrupt)
     machine.run_forever()
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 @main.command()

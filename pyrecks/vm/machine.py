@@ -235,6 +235,12 @@ class VM:
         for t in list(self._threads):
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             t.join(left)
+        leftovers = []
+        while not self._work.empty():
+            item = self._work.get_nowait()
+            if item is not None:
+                leftovers.append(item)
+        self._hand_back(leftovers)
         self.executor.close()
         self.watch.stop()
         with contextlib.suppress(*_REDIS_DOWN):  # else our heartbeat key expires on its own
@@ -371,10 +377,28 @@ class VM:
                 self._say(f"redis unavailable ({exc}); retrying in {backoff:.2f}s")
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
+            if self._stopping.is_set():
+                self._hand_back(items)  # read while stopping: nobody here will run them
+                return
             for item in items:
                 self._work.put(item)
             for _ in range(free - len(items)):
                 self._idle.release()
+
+    def _hand_back(self, items: list[tuple[str, dict[str, str], bool]]) -> None:
+        """Give stream entries back to the group (a fresh copy, then ack the original).
+
+        A consumer cannot un-read an entry; left pending, it would wait a whole lease for a
+        takeover.  Copies are safe: an entry only names a chain, and claiming checks status.
+        """
+        if not items:
+            return
+        pipe = self.r.pipeline(transaction=True)
+        for entry_id, fields, _reclaimed in items:
+            pipe.xadd(self.keyspace.starts, fields)  # type: ignore[arg-type]
+            pipe.xack(self.keyspace.starts, GROUP, entry_id)
+        with contextlib.suppress(*_REDIS_DOWN):
+            pipe.execute()
 
     # -- workers ----------------------------------------------------------------------------
 
