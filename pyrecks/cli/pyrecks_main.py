@@ -108,7 +108,7 @@ def run(
     threads: int,
     redis_url: str | None,
 ) -> None:
-    """Start a chain with CALL (e.g. 'func0("hi")') or a kernel NAME (e.g. start).
+    """Start a chain with a CALL like 'func0("hi")' or a kernel NAME like start.
 
     Prints the chain id at once and returns, unless --wait, --follow or --local.
     """
