@@ -256,11 +256,6 @@ class VM:
             self._say("draining: running chains finish their step and go back to the queue")
             self.stop()
 
-    @property
-    def active_chains(self) -> list[str]:
-        with self._lock:
-            return list(self._active)
-
     def _ensure_group(self) -> None:
         try:
             self.r.xgroup_create(self.keyspace.starts, GROUP, id="0", mkstream=True)
@@ -887,9 +882,7 @@ class VM:
         if run.clear_join:
             fields += ["join", ""]
         payload: dict[str, Any] = {
-            "owner": self.name,
-            "epoch": run.epoch,
-            "step": str(run.committed_step),
+            **self._fence(run),
             "effects": effects,
             "now": now,
         }
@@ -935,11 +928,7 @@ class VM:
         keys = [ks.chain(run.id), ks.log(run.id), ks.kernels]
         if isinstance(then, Call) and self._pipelining():
             self._send_commit(run, keys, self._commit_args(payload), printed)
-            run.step = run.committed_step = step
-            run.pending_logs = []
-            run.checkpoint_at = time.monotonic()
-            run.clear_join = False
-            run.call = then
+            self._advance(run, step, then)
             return
         got = self._run_fenced(self.scripts.commit, keys, payload, run)
         status = _s(got[0])
@@ -949,6 +938,15 @@ class VM:
         if status == "fenced":
             self._say(f"[{run.id}] stopped: the chain is {_s(got[1])} and no longer ours")
             raise _Lost()
+        self._advance(run, step, then)
+
+    def _fence(self, run: ChainRun) -> dict[str, str]:
+        """What every fenced script checks: we own the chain, at this epoch and step."""
+        return {"owner": self.name, "epoch": run.epoch, "step": str(run.committed_step)}
+
+    @staticmethod
+    def _advance(run: ChainRun, step: int, then: Any) -> None:
+        """The chain's state once ``step`` is committed (or, pipelined, sent)."""
         run.step = run.committed_step = step
         run.pending_logs = []
         run.checkpoint_at = time.monotonic()
@@ -966,9 +964,7 @@ class VM:
         ks = self.keyspace
         now = _now()
         payload: dict[str, Any] = {
-            "owner": self.name,
-            "epoch": run.epoch,
-            "step": str(run.committed_step),
+            **self._fence(run),
             "effects": [],
             "fields": ["step", str(run.step), "call", render_call(run.call), "updated", now],
             "logs": run.pending_logs,
@@ -996,9 +992,7 @@ class VM:
         detail = text + ("\n" + failure.tb if failure.tb else "")
         attempts = str(run.attempts + 1)
         payload: dict[str, Any] = {
-            "owner": self.name,
-            "epoch": run.epoch,
-            "step": str(run.committed_step),
+            **self._fence(run),
             "fields": [
                 # The pure steps since the checkpoint are kept: the chain resumes (retry)
                 # at the call that failed.
@@ -1072,9 +1066,7 @@ class VM:
             except (_Lost, StepFailure):
                 return self._lost(run)
         payload = {
-            "owner": self.name,
-            "epoch": run.epoch,
-            "step": str(run.committed_step),
+            **self._fence(run),
             "now": _now(),
         }
         try:

@@ -37,7 +37,6 @@ class Deadline:
 
     thread_id: int
     expires: float
-    limit: float
     on_abandon: Callable[[], None]
     fired: int = 0
     done: bool = False
@@ -63,7 +62,6 @@ class Watchdog:
         deadline = Deadline(
             thread_id=threading.get_ident(),
             expires=time.monotonic() + limit,
-            limit=limit,
             on_abandon=on_abandon,
         )
         # No notify: waking the watchdog thread would cost a thread switch per step.  It
