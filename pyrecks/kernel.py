@@ -30,7 +30,6 @@ and pyrecks' instruction model and renderer — never on Lark, Redis or click.
 from __future__ import annotations
 
 import keyword
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -126,28 +125,10 @@ def _effect(command: str, args: tuple[Any, ...]) -> Effect:
     return effect
 
 
-_rendered = threading.local()
-
-
 def _render(then: Any, set_: SetSpec, effects: EffectsSpec) -> str:
-    transition = Transition(then, _effects(set_, effects))
-    text = render(transition)
-    _rendered.last = (text, transition)
-    return text
-
-
-def _take_rendered(text: str) -> Transition | None:
-    """For the VM: the instructions behind ``text`` if a helper just rendered that very object.
-
-    A kernel that returns what ``call``/``done``/… gave it saves the VM from parsing the
-    string again.  Only the identical object counts, and since ``parse(render(t)) == t``,
-    using ``t`` is exactly what parsing would have produced.
-    """
-    last = getattr(_rendered, "last", None)
-    _rendered.last = None
-    if last is not None and last[0] is text:
-        return last[1]
-    return None
+    # Only text leaves a kernel: the VM parses it with the language's limits, whatever
+    # produced it (a helper here, or a kernel that broke out of its guards).
+    return render(Transition(then, _effects(set_, effects)))
 
 
 def call(name: str, *args: Any, set: SetSpec = None, effects: EffectsSpec = ()) -> str:

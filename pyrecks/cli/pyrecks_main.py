@@ -15,6 +15,7 @@ from pyrecks import __version__
 from pyrecks.api import Pyrecks, connect
 from pyrecks.cli.common import PyrecksGroup, fail, redis_option
 from pyrecks.connection import EmbeddedServer
+from pyrecks.vm.machine import ISOLATION_MODES
 from pyrecks.vm.records import ChainInfo, ChainStatus, LogEntry
 
 
@@ -145,11 +146,12 @@ def run(
 )
 @click.option(
     "--isolation",
-    type=click.Choice(["thread", "process"]),
-    default="thread",
+    type=click.Choice(list(ISOLATION_MODES)),
+    default=ISOLATION_MODES[0],
     show_default=True,
-    help="process: run kernels in worker processes with hard time and memory limits "
-    "(see docs/isolation.md).",
+    help="jail: each kernel runs in its own confined process (no files, no network, no "
+    "Redis); process: worker processes with time and memory limits but no jail; thread: "
+    "inside the VM, for kernels you trust as much as the VM itself (see docs/isolation.md).",
 )
 @click.option(
     "--memory-limit",
@@ -158,7 +160,15 @@ def run(
     default=512,
     show_default=True,
     metavar="MB",
-    help="With --isolation process: memory a kernel may allocate per worker process.",
+    help="With --isolation jail or process: memory a kernel may allocate in its process.",
+)
+@click.option(
+    "--max-cells",
+    "max_cells",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="With --isolation jail: at most this many cells (one kernel version each) at once.",
 )
 @click.option(
     "--lease",
@@ -176,6 +186,7 @@ def vm(
     retention: int,
     isolation: str,
     memory_limit: int,
+    max_cells: int,
     lease: float,
     redis_url: str | None,
 ) -> None:
@@ -186,12 +197,12 @@ def vm(
         "echo": not quiet,
         "retention": retention,
         "lease": lease,
+        "isolation": isolation,
+        "memory_limit_mb": memory_limit,
+        "max_cells": max_cells,
     }
     if name:
         config["name"] = name
-    if isolation == "process":
-        config["isolation"] = isolation
-        config["memory_limit_mb"] = memory_limit
     machine = px.vm(**config)
     click.echo(
         f"pyrecks vm {machine.name}: {threads} threads, {isolation} isolation; Ctrl-C to stop",

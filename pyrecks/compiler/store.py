@@ -58,6 +58,7 @@ from pyrecks.keys import Keyspace
 RECORD_FIELDS = (
     "source",
     "bytecode",
+    "format",
     "magic",
     "digest",
     "version",
@@ -431,11 +432,18 @@ def record_from_hash(name: str, key: str, data: dict[str, Any]) -> KernelRecord 
     )
 
 
+#: The ``format`` field of records whose ``bytecode`` has the run-time guards compiled in.
+#: A jailed VM runs stored bytecode only from records of this format (older records are
+#: compiled again from their source).
+RECORD_FORMAT = "2"
+
+
 def _record_fields(kernel: CompiledKernel) -> dict[str, bytes | str]:
     """The hash fields of a record, minus ``version`` and ``updated`` (set by the scripts)."""
     fields: dict[str, bytes | str] = {
         "source": kernel.source,
         "bytecode": kernel.bytecode,
+        "format": RECORD_FORMAT,
         "magic": kernel.magic,
         "digest": kernel.digest,
         "compiled": "1",

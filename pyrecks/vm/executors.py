@@ -1,21 +1,26 @@
-"""Where a kernel's code actually runs: on the worker thread, or in a worker process.
+"""Where a kernel's code actually runs: in a jailed cell, a worker process, or the VM's thread.
 
 The VM hands an executor a loaded kernel, its converted arguments, an output buffer and a
 time limit; the executor returns what the entry function returned or raises
 :class:`~pyrecks.vm.failures.StepFailure` (``kernel_error``, ``timeout``, ``crashed``,
-``memory``).  :class:`ThreadExecutor` is the default; the process executor
-(``pyrecks vm --isolation process``) lives in :mod:`pyrecks.vm.isolation`.
+``memory``).  The jail (the default on Linux) lives in :mod:`pyrecks.vm.jail.executor`,
+worker processes (``--isolation process``) in :mod:`pyrecks.vm.isolation`, and
+:class:`ThreadExecutor` here runs kernels inside the VM process itself: for kernels trusted
+as much as the VM's own code.
 """
 
 from __future__ import annotations
 
+import linecache
+import marshal
 import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from pyrecks.compiler.compiler import kernel_filename
 from pyrecks.vm.failures import StepFailure, kernel_error
 from pyrecks.vm.loader import LoadedKernel
-from pyrecks.vm.sandbox import KernelTimeout, OutputBuffer, set_current_output
+from pyrecks.vm.sandbox import KernelTimeout, OutputBuffer, Sandbox, set_current_output
 from pyrecks.vm.watchdog import Deadline, Watchdog
 
 
@@ -28,7 +33,7 @@ class KernelExecutor(Protocol):
         limit: float,
         on_abandon: Callable[[], None],
     ) -> Any:
-        """Run ``kernel.entry(*args)``; return its value or raise StepFailure.
+        """Run ``kernel``'s entry function on ``args``; return its value or raise StepFailure.
 
         ``on_abandon`` is called (from another thread) if the executor had to give up the
         calling thread; the VM then fails the chain and replaces the worker.
@@ -38,11 +43,35 @@ class KernelExecutor(Protocol):
     def close(self) -> None: ...
 
 
-class ThreadExecutor:
-    """Run kernels on the calling worker thread, with a watchdog for time limits."""
+def load_entry(sandbox: Sandbox, kernel: LoadedKernel) -> Callable[..., Any]:
+    """Run a kernel's module body in a fresh sandbox namespace; its entry function.
 
-    def __init__(self, grace: float = 2.0) -> None:
+    Used where kernels run without a jail (threads, worker processes): the code is what
+    the VM compiled itself from the source, guards included (see :mod:`pyrecks.vm.loader`).
+    """
+    code = marshal.loads(kernel.bytecode)
+    namespace = sandbox.namespace(kernel.name)
+    exec(code, namespace)  # module body: imports, defs and constants (checked)
+    entry = namespace.get(kernel.name)
+    if not callable(entry):
+        raise NameError(f"kernel {kernel.name!r} defines no function named {kernel.name!r}")
+    filename = kernel_filename(kernel.name)  # tracebacks show kernel source lines
+    lines = kernel.source.splitlines(keepends=True)
+    linecache.cache[filename] = (len(kernel.source), None, lines, filename)
+    return entry
+
+
+class ThreadExecutor:
+    """Run kernels on the calling worker thread, with a watchdog for time limits.
+
+    No boundary stands between such kernels and the VM (its Redis connection, its memory,
+    its host): this is for kernels trusted as much as the VM's own code.
+    """
+
+    def __init__(self, sandbox: Sandbox, grace: float = 2.0) -> None:
+        self.sandbox = sandbox
         self.watchdog = Watchdog(grace=grace)
+        self._entries: dict[str, Callable[..., Any]] = {}
 
     def execute(
         self,
@@ -63,7 +92,11 @@ class ThreadExecutor:
         timed_out = False
         try:
             try:
-                return kernel.entry(*args)
+                entry = self._entries.get(kernel.digest)
+                if entry is None:
+                    entry = load_entry(self.sandbox, kernel)
+                    self._entries[kernel.digest] = entry
+                return entry(*args)
             finally:
                 self._disarm(deadline)
                 set_current_output(None)

@@ -40,8 +40,8 @@ steps) and exit when their pipe closes.
 Costs
 -----
 * one pipe round trip per step, plus pickling the arguments and the returned string (see
-  docs/isolation.md for measured numbers); a kernel's source is sent to a worker once per
-  digest, so a hot patch costs one extra message per worker;
+  docs/isolation.md for measured numbers); a kernel's compiled code is sent to a worker once
+  per digest, so a hot patch costs one extra message per worker;
 * arguments and results cross a process boundary, so they must be picklable (the VM only
   passes plain values: str, bytes, numbers, lists, dicts …);
 * kernel module globals live per worker process: a kernel that (wrongly) keeps state in a
@@ -52,7 +52,6 @@ Costs
 from __future__ import annotations
 
 import contextlib
-import linecache
 import multiprocessing
 import os
 import signal
@@ -66,11 +65,11 @@ from multiprocessing.context import ForkServerContext, SpawnContext
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from pyrecks.compiler.compiler import kernel_filename
 from pyrecks.compiler.policy import Policy
+from pyrecks.vm.executors import load_entry
 from pyrecks.vm.failures import StepFailure, kernel_error
 from pyrecks.vm.loader import LoadedKernel
-from pyrecks.vm.sandbox import OutputBuffer, Sandbox, compile_guarded, set_current_output
+from pyrecks.vm.sandbox import OutputBuffer, Sandbox, set_current_output
 
 #: How long a new worker may take to start and report ready (not counted in the step's limit).
 START_TIMEOUT = 60.0
@@ -134,19 +133,10 @@ class _PipeOutput(OutputBuffer):
 def _load(
     sandbox: Sandbox,
     cache: OrderedDict[str, Callable[..., Any]],
-    name: str,
-    digest: str,
-    source: str,
+    kernel: LoadedKernel,
 ) -> Callable[..., Any]:
-    filename = kernel_filename(name)
-    code = compile_guarded(name, source, filename)
-    namespace = sandbox.namespace(name)
-    exec(code, namespace)  # module body: imports, defs and constants (checked by the VM)
-    entry = namespace.get(name)
-    if not callable(entry):
-        raise NameError(f"kernel {name!r} defines no function named {name!r}")
-    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
-    cache[digest] = entry
+    entry = load_entry(sandbox, kernel)
+    cache[kernel.digest] = entry
     while len(cache) > WORKER_CACHE:
         cache.popitem(last=False)
     return entry
@@ -159,9 +149,9 @@ def _run_one(
     memory_limit_mb: int | None,
     message: tuple[Any, ...],
 ) -> None:
-    _, name, digest, source, args = message
+    _, name, digest, kernel, args = message
     entry = cache.get(digest)
-    if entry is None and source is None:
+    if entry is None and kernel is None:
         conn.send(("missing",))  # evicted here: the VM re-sends with the source
         return
     if entry is not None:
@@ -170,7 +160,7 @@ def _run_one(
     set_current_output(output)
     try:
         if entry is None:
-            entry = _load(sandbox, cache, name, digest, source)
+            entry = _load(sandbox, cache, kernel)
         value = entry(*args)
     except MemoryError:
         limit = f" of {memory_limit_mb} MB" if memory_limit_mb is not None else ""
@@ -460,8 +450,8 @@ class ProcessExecutor:
         Raises StepFailure when the worker had to be killed or died (it is then unusable).
         """
         deadline = time.monotonic() + limit
-        source = None if kernel.digest in worker.digests else kernel.source
-        self._send(worker, kernel, ("run", kernel.name, kernel.digest, source, args))
+        code = None if kernel.digest in worker.digests else kernel
+        self._send(worker, kernel, ("run", kernel.name, kernel.digest, code, args))
         worker.digests.add(kernel.digest)
         while True:
             left = deadline - time.monotonic()
@@ -483,7 +473,7 @@ class ProcessExecutor:
             elif kind == "ok":
                 return message[1], None
             elif kind == "missing":
-                self._send(worker, kernel, ("run", kernel.name, kernel.digest, kernel.source, args))
+                self._send(worker, kernel, ("run", kernel.name, kernel.digest, kernel, args))
             elif kind == "error":
                 _, failure_kind, text, tb = message
                 return None, StepFailure(failure_kind, text, tb)

@@ -1,25 +1,32 @@
-"""Loading kernels for the VM: from Redis record to a callable entry function.
+"""Loading kernels for the VM: from Redis record to compiled code ready for an executor.
 
-Every step asks Redis (in the same round trip that reads its ``@key`` inputs) whether the
-kernel's digest is still the one this process has cached.  If it is, the cached entry
-function runs; if not — a hot patch — the new record is loaded, so a new source takes effect
-at the next step of every running chain while a step already running finishes on the code
-it started with (it holds a reference to the old function).
+The loader never runs kernel code: it decides *which code* a kernel's steps run and hands
+that to the executor (a jailed cell, a worker process or the VM's own thread), which runs
+it.  A cache keyed by source digest makes hot patch cheap: a new source takes effect at the
+next step of every running chain, while a step already running finishes on the code it
+started with.
+
+Where the code comes from depends on what stands between it and the host:
+
+* **jail** (``trust_stored_code=True``): the compiled code *stored in the kernel's hash* is
+  what runs, as the brief always meant — compile once per kernel version, not once per VM
+  process.  It is used when the record says it was compiled (``compiled`` = 1), by this
+  Python (``magic``), from this very source (``digest``), with guards compiled in
+  (``format``).  A crafted code object can only hurt its own cell.
+* **process / thread**: no operating-system boundary, so the VM trusts nothing it did not
+  compile itself: every kernel version is checked and compiled (guards included) once per
+  process from its source, and stored bytecode is ignored.
 
 Sources that were never compiled (the seed's ``SET func0 "<source>"``, or a hash with
-``compiled`` = 0) go through the same checker as ``pyrecksc compile`` before they are
-compiled, and the compiled record is written back in place (``KernelStore.promote``).
-Compiled records are re-checked once per process as well: the digest must match the source
-and the source must pass the current policy, so a record written by hand cannot smuggle in
-code the checker would refuse.
+``compiled`` = 0) go through the same checker as ``pyrecksc compile`` and the compiled record
+is written back in place (``KernelStore.promote``), in every mode.
 """
 
 from __future__ import annotations
 
 import hashlib
-import linecache
+import json
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,26 +34,26 @@ from pyrecks.compiler.compiler import (
     CompiledKernel,
     Param,
     compile_kernel,
-    kernel_filename,
     load_code,
+    signature_from_json,
 )
 from pyrecks.compiler.policy import Policy
-from pyrecks.compiler.store import KernelStore
-from pyrecks.errors import KernelNotFound, KernelRejected, LintError
-from pyrecks.vm.sandbox import Sandbox, SandboxViolation, compile_guarded
+from pyrecks.compiler.store import RECORD_FORMAT, KernelStore
+from pyrecks.errors import KernelNotFound
 
 
 @dataclass(frozen=True)
 class LoadedKernel:
-    """A kernel ready to run: its entry function and what the VM needs to call it."""
+    """A kernel version ready to run: its code and what the VM needs to call it."""
 
     name: str
     digest: str
-    entry: Callable[..., Any]
     params: tuple[Param, ...]
     timeout: float | None
     retries: int | None
-    source: str = ""
+    source: str
+    #: The module's code, marshalled, with the run-time guards compiled in.
+    bytecode: bytes
 
 
 def _text(value: Any) -> str:
@@ -54,12 +61,12 @@ def _text(value: Any) -> str:
 
 
 class KernelLoader:
-    """Per-process cache of loaded kernels, keyed by source digest."""
+    """Per-process cache of kernel versions, keyed by source digest."""
 
-    def __init__(self, store: KernelStore, policy: Policy, sandbox: Sandbox) -> None:
+    def __init__(self, store: KernelStore, policy: Policy, *, trust_stored_code: bool) -> None:
         self.store = store
         self.policy = policy
-        self.sandbox = sandbox
+        self.trust_stored_code = trust_stored_code
         self._by_digest: dict[str, LoadedKernel] = {}
         self._digest_of: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -87,7 +94,7 @@ class KernelLoader:
             )
         if state == "string":
             source = _text(payload)
-            return self._from_source(name, source, expected_source=source)
+            return self._from_source(name, source)
         if state == "hash":
             fields = self._fields(name, payload)
             return self._from_record(name, fields)
@@ -111,60 +118,70 @@ class KernelLoader:
             )
         source = _text(fields["source"])
         digest = hashlib.sha256(source.encode("utf-8")).hexdigest()
-        cached = self._by_digest.get(digest)
+        cached = self._cached(name, digest)
         if cached is not None:
-            self._digest_of[name] = digest
             return cached
         compiled_flag = _text(fields.get("compiled", b"0")) == "1"
         stored_digest = _text(fields.get("digest", b""))
         usable = compiled_flag and stored_digest == digest and "bytecode" in fields
-        if not usable or load_code(fields["bytecode"], _text(fields.get("magic", b""))) is None:
+        bytecode = bytes(fields.get("bytecode", b""))
+        if not usable or load_code(bytecode, _text(fields.get("magic", b""))) is None:
             # Never compiled, hand-edited, or from another Python: compile and store it.
-            return self._from_source(name, source, expected_source=source)
-        # A compiled record: re-check the source once per process under today's policy.
-        # The VM runs its own guarded compilation, never the bytecode read from Redis.
-        compiled = compile_kernel(name, source, self.policy)
-        return self._install(
-            name, digest, source, compiled.signature, compiled.timeout, compiled.retries
-        )
+            return self._from_source(name, source)
+        if self.trust_stored_code and _text(fields.get("format", b"")) == RECORD_FORMAT:
+            stored = self._stored(name, digest, source, bytecode, fields)
+            if stored is not None:
+                return stored
+        # No jail: re-check and compile the source once per process under today's policy.
+        return self._install(name, compile_kernel(name, source, self.policy))
 
-    def _from_source(self, name: str, source: str, *, expected_source: str) -> LoadedKernel:
+    def _stored(
+        self, name: str, digest: str, source: str, bytecode: bytes, fields: dict[str, bytes]
+    ) -> LoadedKernel | None:
+        """The record's own code and metadata, or None if its metadata does not parse."""
+        try:
+            params = signature_from_json(fields.get("signature"))
+            timeout_text = _text(fields.get("timeout", b""))
+            retries_text = _text(fields.get("retries", b""))
+            timeout = float(timeout_text) if timeout_text else None
+            retries = int(retries_text) if retries_text else None
+        except (ValueError, TypeError, KeyError, AttributeError, json.JSONDecodeError):
+            return None
+        if timeout is not None and not timeout > 0:
+            return None
+        kernel = LoadedKernel(name, digest, params, timeout, retries, source, bytecode)
+        return self._remember(kernel)
+
+    def _from_source(self, name: str, source: str) -> LoadedKernel:
         digest = hashlib.sha256(source.encode("utf-8")).hexdigest()
-        cached = self._by_digest.get(digest)
+        cached = self._cached(name, digest)
         if cached is not None:
+            return cached
+        compiled = compile_kernel(name, source, self.policy)
+        self.store.promote(name, compiled, source)
+        return self._install(name, compiled)
+
+    def _cached(self, name: str, digest: str) -> LoadedKernel | None:
+        cached = self._by_digest.get(digest)
+        if cached is not None and cached.name == name:
             self._digest_of[name] = digest
             return cached
-        compiled: CompiledKernel = compile_kernel(name, source, self.policy)
-        self.store.promote(name, compiled, expected_source)
-        return self._install(
-            name, digest, source, compiled.signature, compiled.timeout, compiled.retries
-        )
+        return None
 
-    def _install(
-        self,
-        name: str,
-        digest: str,
-        source: str,
-        params: tuple[Param, ...],
-        timeout: float | None,
-        retries: int | None,
-    ) -> LoadedKernel:
-        filename = kernel_filename(name)
-        try:
-            code = compile_guarded(name, source, filename)
-        except SandboxViolation as exc:
-            finding = LintError("PK299", str(exc), text=source)
-            raise KernelRejected(f"kernel {name!r} was refused: {exc}", [finding]) from None
-        namespace = self.sandbox.namespace(name)
-        exec(code, namespace)  # module body: imports, defs and constants only (checked)
-        entry = namespace.get(name)
-        if not callable(entry):
-            raise KernelNotFound(f"kernel {name!r} defines no function named {name!r}")
-        # Let tracebacks show kernel source lines.
-        lines = source.splitlines(keepends=True)
-        linecache.cache[filename] = (len(source), None, lines, filename)
-        kernel = LoadedKernel(name, digest, entry, params, timeout, retries, source)
+    def _install(self, name: str, compiled: CompiledKernel) -> LoadedKernel:
+        kernel = LoadedKernel(
+            name,
+            compiled.digest,
+            compiled.signature,
+            compiled.timeout,
+            compiled.retries,
+            compiled.source,
+            compiled.bytecode,
+        )
+        return self._remember(kernel)
+
+    def _remember(self, kernel: LoadedKernel) -> LoadedKernel:
         with self._lock:
-            self._by_digest[digest] = kernel
-            self._digest_of[name] = digest
+            self._by_digest[kernel.digest] = kernel
+            self._digest_of[kernel.name] = kernel.digest
         return kernel

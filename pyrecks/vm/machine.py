@@ -44,7 +44,6 @@ from pyrecks.compiler.policy import Policy, load_policy
 from pyrecks.compiler.render import render, render_call, render_value
 from pyrecks.compiler.store import KernelStore
 from pyrecks.errors import KernelNotFound, KernelRejected, PyrecksError, ReturnStringError
-from pyrecks.kernel import _take_rendered
 from pyrecks.keys import Keyspace
 from pyrecks.vm.convert import ArgumentError, RedisValue, convert
 from pyrecks.vm.effects import EffectRejected, check_patterns, encode_effect
@@ -53,13 +52,16 @@ from pyrecks.vm.failures import RETRYABLE, StepFailure
 from pyrecks.vm.freshness import KernelWatch
 from pyrecks.vm.groupcommit import GroupCommitter
 from pyrecks.vm.loader import KernelLoader, LoadedKernel
+from pyrecks.vm.output import StepOutput
 from pyrecks.vm.registry import beat
-from pyrecks.vm.sandbox import OutputBuffer, Sandbox
+from pyrecks.vm.sandbox import Sandbox
 from pyrecks.vm.scripts import Scripts, pack
 
 log = logging.getLogger("pyrecks.vm")
 
 GROUP = "pyrecks-vms"
+#: Where kernel code runs (see docs/isolation.md); the first is the default.
+ISOLATION_MODES = ("jail", "process", "thread")
 T = TypeVar("T")
 _REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, ConnectionError, OSError)
 
@@ -85,9 +87,13 @@ class VMConfig:
     #: First retry delay (doubles per attempt, capped by retry_backoff_max).
     retry_backoff: float = 0.5
     retry_backoff_max: float = 30.0
-    #: "thread" (default) or "process" (hard time and memory limits, both cores).
-    isolation: str = "thread"
+    #: "jail" (default: each kernel in its own confined process, see docs/isolation.md),
+    #: "process" (worker processes with time and memory limits, no jail) or "thread"
+    #: (in the VM process: for kernels trusted as much as the VM's own code).
+    isolation: str = "jail"
     memory_limit_mb: int = 512
+    #: With jail isolation: at most this many cells (one kernel version each) live at once.
+    max_cells: int = 64
     #: A step without effects needs no commit of its own (a crash re-runs it from the last
     #: checkpoint); checkpoint anyway after this many steps or milliseconds.
     checkpoint_steps: int = 100
@@ -171,9 +177,10 @@ class VM:
         self.r = r
         self.keyspace = keyspace or Keyspace()
         self.config = config or VMConfig()
-        if self.config.isolation not in ("thread", "process"):
+        if self.config.isolation not in ISOLATION_MODES:
             raise PyrecksError(
-                f"unknown isolation {self.config.isolation!r}: use 'thread' or 'process'"
+                f"unknown isolation {self.config.isolation!r}: use one of "
+                + ", ".join(repr(m) for m in ISOLATION_MODES)
             )
         self.policy = policy or load_policy(r, self.keyspace)
         self.scripts = Scripts(r)
@@ -182,7 +189,11 @@ class VM:
             self.policy.forbidden_builtins,
             self.policy.forbidden_attributes,
         )
-        self.loader = KernelLoader(KernelStore(r, self.keyspace), self.policy, self.sandbox)
+        self.loader = KernelLoader(
+            KernelStore(r, self.keyspace),
+            self.policy,
+            trust_stored_code=self.config.isolation == "jail",
+        )
         self.executor: KernelExecutor = executor or self._make_executor()
         self.watch = KernelWatch(r.connection_pool)
         self.committer = GroupCommitter(self._client)
@@ -198,11 +209,20 @@ class VM:
         self._started_at = time.time()
 
     def _make_executor(self) -> KernelExecutor:
+        if self.config.isolation == "jail":
+            from pyrecks.vm.jail.executor import JailExecutor, require_jail
+
+            require_jail()
+            return JailExecutor(
+                self.policy,
+                memory_limit_mb=self.config.memory_limit_mb,
+                max_cells=self.config.max_cells,
+            )
         if self.config.isolation == "process":
             from pyrecks.vm.isolation import ProcessExecutor
 
             return ProcessExecutor(self.policy, memory_limit_mb=self.config.memory_limit_mb)
-        return ThreadExecutor(self.config.timeout_grace)
+        return ThreadExecutor(self.sandbox, self.config.timeout_grace)
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -211,6 +231,10 @@ class VM:
         return self.config.name
 
     def start(self) -> VM:
+        start_executor = getattr(self.executor, "start", None)
+        if start_executor is not None:
+            start_executor()
+            self._say(f"{self.name}: {self.executor}")
         if self.config.track_kernels:
             self.watch.start()
         self._ensure_group()
@@ -595,14 +619,17 @@ class VM:
             else:
                 args.append(thaw(arg))
         args = self._convert(kernel, args)
-        output = OutputBuffer(echo=self._echo_for(run, call.name) if self.config.echo else None)
+        output = StepOutput(
+            echo=self._echo_for(run, call.name) if self.config.echo else None,
+            flush=lambda lines: self._write_live(run, call.name, lines),
+        )
         try:
             returned = self._execute(run, kernel, args, output)
         except StepFailure:
             # What a failing step printed is usually why it failed: keep it.
             now = _now()
             run.pending_logs += [
-                self._log_entry(run, "out", call.name, line, now) for line in output.lines
+                self._log_entry(run, "out", call.name, line, now) for line in output.unwritten
             ]
             raise
         if run.abandoned:
@@ -616,7 +643,7 @@ class VM:
                 "return a string such as 'next(\"x\")' (use pyrecks.kernel.call) or '' to end",
             )
         try:
-            transition = _take_rendered(returned) or parse(returned)
+            transition = parse(returned)
         except ReturnStringError as exc:
             raise StepFailure(
                 "return_string",
@@ -663,6 +690,13 @@ class VM:
             )
             self._local.client = client
         return client
+
+    def _write_live(self, run: ChainRun, kernel: str, lines: list[str]) -> None:
+        """Lines of a long-running step, written to the log while it runs (see StepOutput)."""
+        self._settle(run)  # after the previous step's log entries, never before them
+        now = _now()
+        run.pending_logs += [self._log_entry(run, "out", kernel, line, now) for line in lines]
+        self._flush_logs(run)
 
     def _flush_logs(self, run: ChainRun) -> None:
         """Write buffered log entries outside a commit (before a retry's backoff)."""
@@ -712,7 +746,7 @@ class VM:
         return out
 
     def _execute(
-        self, run: ChainRun, kernel: LoadedKernel, args: list[Any], output: OutputBuffer
+        self, run: ChainRun, kernel: LoadedKernel, args: list[Any], output: StepOutput
     ) -> Any:
         limit = kernel.timeout or self.policy.default_timeout
         me = threading.current_thread()
@@ -851,10 +885,15 @@ class VM:
     # -- committing ------------------------------------------------------------------------
 
     def _log_entry(self, run: ChainRun, kind: str, kernel: str, text: str, now: str) -> list[str]:
-        return ["kind", kind, "step", str(run.step + 1), "kernel", kernel, "text", text, "ts", now]
+        entry = ["kind", kind, "step", str(run.step + 1), "kernel", kernel, "text", text]
+        if kind == "out":
+            # Which run of the step printed it: a step re-run after a crash (new epoch) or
+            # retried (next try) prints again, and its lines must be told apart.
+            entry += ["attempt", f"{run.epoch}.{run.attempts + 1}"]
+        return [*entry, "ts", now]
 
     def _commit(
-        self, run: ChainRun, kernel: LoadedKernel, transition: Transition, output: OutputBuffer
+        self, run: ChainRun, kernel: LoadedKernel, transition: Transition, output: StepOutput
     ) -> None:
         """Apply effects + checkpoint + log atomically; raise _Lost if the chain isn't ours."""
         self._settle(run)
@@ -869,7 +908,9 @@ class VM:
         step = run.step + 1
         # A new list: if this commit is refused, only what the step printed survives it
         # (not the lines saying where the chain went next).
-        printed = [self._log_entry(run, "out", kernel.name, line, now) for line in output.lines]
+        printed = [
+            self._log_entry(run, "out", kernel.name, line, now) for line in output.unwritten
+        ]
         logs = [*run.pending_logs, *printed]
         if isinstance(then, Call) and not effects and not self._checkpoint_due(run, step):
             # A pure step: no commit of its own.  A crash re-runs it from the checkpoint.

@@ -147,6 +147,9 @@ class LogEntry:
     kernel: str
     text: str
     ts: float
+    #: For ``out`` lines: which run of the step printed it (``epoch.try``); a step re-run
+    #: after a crash or retried prints again, under a new attempt.
+    attempt: str = ""
 
     @classmethod
     def from_stream(cls, entry_id: bytes | str, data: dict[bytes, bytes]) -> LogEntry:
@@ -158,6 +161,7 @@ class LogEntry:
             kernel=fields.get("kernel", ""),
             text=fields.get("text", ""),
             ts=float(fields.get("ts") or 0.0),
+            attempt=fields.get("attempt", ""),
         )
 
     def format(self) -> str:

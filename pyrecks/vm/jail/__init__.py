@@ -1,0 +1,1 @@
+"""The jail: kernel code runs only in confined child processes (cells) of the VM."""

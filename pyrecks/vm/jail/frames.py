@@ -1,0 +1,91 @@
+"""The wire between the VM, its zygote and its cells: length-prefixed msgpack frames.
+
+Every frame is a 4-byte big-endian length followed by one msgpack array.  Both ends use
+plain ``os.read``/``os.write`` on a stream socket, because those are the only calls a
+cell's seccomp filter lets it make on its channel.
+
+Frames from a cell are **untrusted input**: a kernel that broke out of the purity guards
+owns its cell and may write any bytes to its channel.  :func:`read_frame` therefore refuses
+oversized frames before reading them, and unpacks with msgpack's own size limits and
+``raw=False`` (invalid UTF-8 is an error, not a surprise further on); the executor then
+checks the shape of every message (see :mod:`pyrecks.vm.jail.executor`).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import struct
+import time
+from typing import Any
+
+import msgpack
+
+_HEADER = struct.Struct(">I")
+
+#: Largest frame the VM accepts from a cell: the longest return string the language allows
+#: (``Limits.max_length``, 1 MB of text, up to 4 MB of UTF-8) plus a traceback and framing.
+MAX_CELL_FRAME = 5 * 1024 * 1024
+#: Frames the VM sends (arguments, bytecode) may be larger: they are trusted.
+MAX_VM_FRAME = 512 * 1024 * 1024
+
+
+class ChannelClosed(Exception):
+    """The other end closed the channel (or died)."""
+
+
+class BadFrame(Exception):
+    """A frame that is too large, not msgpack, not valid UTF-8, or of the wrong shape."""
+
+
+def pack_frame(message: list[Any] | tuple[Any, ...]) -> bytes:
+    body = msgpack.packb(message, use_bin_type=True)
+    return _HEADER.pack(len(body)) + body
+
+
+def write_frame(fd: int, message: list[Any] | tuple[Any, ...]) -> None:
+    """Write one frame completely (a stream socket may accept it in pieces)."""
+    data = memoryview(pack_frame(message))
+    while data:
+        sent = os.write(fd, data)
+        data = data[sent:]
+
+
+def _read_exactly(fd: int, count: int, deadline: float | None) -> bytes:
+    chunks: list[bytes] = []
+    while count:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise TimeoutError
+        chunk = os.read(fd, min(count, 1 << 20))
+        if not chunk:
+            raise ChannelClosed
+        chunks.append(chunk)
+        count -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_frame(fd: int, *, limit: int, deadline: float | None = None) -> list[Any]:
+    """Read one frame; ``TimeoutError`` if ``deadline`` (monotonic) passes first.
+
+    A frame that says it is larger than ``limit`` is refused *before* it is read, so a
+    hostile cell cannot make the VM allocate what it likes.
+    """
+    (size,) = _HEADER.unpack(_read_exactly(fd, _HEADER.size, deadline))
+    if size > limit:
+        raise BadFrame(f"a frame of {size} bytes (the limit is {limit})")
+    body = _read_exactly(fd, size, deadline)
+    try:
+        message = msgpack.unpackb(
+            body,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+        )
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        # UnicodeDecodeError is a ValueError: invalid UTF-8 ends up here.
+        raise BadFrame(f"not a valid frame: {exc}") from None
+    if not isinstance(message, list) or not message or not isinstance(message[0], str):
+        raise BadFrame("a frame must be a list that starts with its kind")
+    return message

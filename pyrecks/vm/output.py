@@ -1,0 +1,54 @@
+"""What a step prints, on its way to the chain's log.
+
+Lines of a quick step travel with its commit (one round trip for everything).  A step that
+runs longer than :data:`LIVE_AFTER` has its lines written to the log as they come — the
+seed's ``func2`` prints, sleeps ten seconds and prints again, and its first line must show
+in ``pyrecks logs -f`` at once, not ten seconds later.  The executor calls :meth:`tick`
+while it waits for a step, so a line printed early in a long step is written once the step
+has run for ``LIVE_AFTER`` even if nothing else is printed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from pyrecks.vm.sandbox import OutputBuffer
+
+#: A step that has run this long has its printed lines written to the log as they come.
+LIVE_AFTER = 0.1
+
+
+class StepOutput(OutputBuffer):
+    """Lines one step printed; ``flush`` writes lines to the chain log while the step runs."""
+
+    def __init__(
+        self,
+        echo: Callable[[str], None] | None = None,
+        flush: Callable[[list[str]], None] | None = None,
+    ) -> None:
+        super().__init__(echo)
+        self._flush = flush
+        self._started = time.monotonic()
+        self._flushed = 0
+
+    def write_line(self, line: str) -> None:
+        super().write_line(line)
+        self.tick()
+
+    def tick(self) -> None:
+        """Write what is not in the log yet, if the step has been running long enough."""
+        if (
+            self._flush is None
+            or self._flushed == len(self.lines)
+            or time.monotonic() - self._started < LIVE_AFTER
+        ):
+            return
+        pending = self.lines[self._flushed :]
+        self._flushed = len(self.lines)
+        self._flush(pending)
+
+    @property
+    def unwritten(self) -> list[str]:
+        """Lines not yet in the log: they go with the step's commit."""
+        return self.lines[self._flushed :]
