@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import marshal
 import os
+import shutil
 import socket
+import tempfile
 import threading
 from collections.abc import Iterator
 
@@ -23,10 +25,16 @@ import redis
 
 from pyrecks.api import Pyrecks
 from pyrecks.compiler.compiler import MAGIC, kernel_filename, source_digest
+from pyrecks.compiler.parser import parse_value
+from pyrecks.compiler.policy import Policy
 from pyrecks.compiler.store import RECORD_FORMAT
+from pyrecks.vm.failures import StepFailure
 from pyrecks.vm.jail.executor import JailExecutor
+from pyrecks.vm.loader import LoadedKernel
 from pyrecks.vm.machine import VM
+from pyrecks.vm.output import StepOutput
 from pyrecks.vm.records import ChainStatus
+from tests.jail_probes import PROBES
 from tests.vm_helpers import raw_kernel
 
 #: Code that recovers the interpreter's real builtins from inside a cell, as a kernel that
@@ -443,3 +451,107 @@ def test_helper_rendered_instructions_obey_the_language_limits(px: Pyrecks, vm: 
     assert status is ChainStatus.FAILED
     assert error_kind == "return_string", error
     assert "max_branches" in error
+
+
+# -- the probe table, run in real cells with unguarded code (test-only: never from Redis) -------
+
+
+@pytest.fixture(scope="module")
+def cells() -> Iterator[JailExecutor]:
+    executor = JailExecutor(Policy(), memory_limit_mb=256, max_cells=256)
+    try:
+        yield executor
+    finally:
+        executor.close()
+
+
+def run_unguarded(executor: JailExecutor, name: str, source: str, params: dict[str, object]) -> str:
+    """Run ``source`` as plain Python with the real builtins inside a fresh cell.
+
+    This is the "assume a breach" harness: the code object is handed straight to the
+    executor, skipping the checker, the guards and Redis altogether.
+    """
+    kernel_source = breach(name, f"B['exec']({source!r}, {{'__builtins__': B, **{params!r}}})")
+    code = compile(kernel_source, kernel_filename(name), "exec", dont_inherit=True)
+    kernel = LoadedKernel(
+        name, source_digest(kernel_source), (), 5.0, 0, kernel_source, marshal.dumps(code)
+    )
+    returned = executor.execute(kernel, [], StepOutput(), 5.0, lambda: None)
+    assert isinstance(returned, str) and returned.startswith("return ")
+    return str(parse_value(returned[len("return ") :]))
+
+
+def test_every_probe_fails_inside_a_real_cell(cells: JailExecutor, tmp_path: object) -> None:
+    sibling = run_unguarded(cells, "sibling", "pass", {})
+    assert sibling == "ESCAPED"  # the harness runs code unguarded: no probe fails by accident
+    (sibling_pid,) = cells.cell_pids
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    unix_dir = tempfile.mkdtemp()
+    os.chmod(unix_dir, 0o755)
+    unix_path = os.path.join(unix_dir, "s")
+    unix = socket.socket(socket.AF_UNIX)
+    unix.bind(unix_path)
+    os.chmod(unix_path, 0o777)
+    unix.listen()
+    abstract = socket.socket(socket.AF_UNIX)
+    abstract.bind(f"\0pyrecks-probe-{os.getpid()}")
+    abstract.listen()
+    secret = os.path.join(unix_dir, "secret")
+    with open(secret, "w") as f:
+        f.write("s3cret")
+    os.chmod(secret, 0o600)
+    params = {
+        "VM_PID": os.getpid(),
+        "SIBLING_PID": sibling_pid,
+        "REDIS_PORT": listener.getsockname()[1],
+        "UNIX_SOCKET_PATH": unix_path,
+        "ABSTRACT_SOCKET_NAME": f"\0pyrecks-probe-{os.getpid()}",
+        "SECRET_PATH": secret,
+        "MEMORY_LIMIT_BYTES": 256 << 20,
+    }
+    try:
+        outcomes = {}
+        for name, source in PROBES:
+            try:
+                outcomes[name] = run_unguarded(cells, f"probe_{name}", source, params)
+            except StepFailure as failure:  # the cell died of it: also a refusal
+                outcomes[name] = f"refused by death: {failure.kind}: {failure}"
+        escaped = {n: o for n, o in outcomes.items() if not o.startswith("refused")}
+        assert escaped == {}
+        # Refused by the jail, not by a missing module: the probes reached their system call.
+        unexercised = {n: o for n, o in outcomes.items() if "ModuleNotFoundError" in o}
+        assert unexercised == {}
+        assert sibling_pid in cells.cell_pids  # the sibling cell survived every probe
+    finally:
+        for s in (listener, unix, abstract):
+            s.close()
+        shutil.rmtree(unix_dir)
+
+
+def test_jail_mode_refuses_to_start_without_a_layer_and_names_the_way_out(
+    r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pyrecks.errors import PyrecksError
+    from pyrecks.vm.jail import confine
+
+    def landlock_missing() -> dict[str, str | None]:
+        return {**dict.fromkeys(confine.LAYERS), "landlock": "this kernel has no Landlock"}
+
+    monkeypatch.setattr(confine, "available_layers", landlock_missing)
+    with pytest.raises(PyrecksError) as refused:
+        VM(r)
+    text = str(refused.value)
+    assert "landlock: this kernel has no Landlock" in text
+    assert "--isolation process" in text and "--isolation thread" in text
+
+
+def test_the_vm_says_which_layers_are_active(px: Pyrecks) -> None:
+    said: list[str] = []
+    with px.local_vm(threads=1, echo_to=said.append):
+        pass
+    assert any(
+        "jail isolation: cells with namespaces, no_new_privs, landlock, seccomp, rlimits" in s
+        for s in said
+    ), said

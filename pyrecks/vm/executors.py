@@ -14,6 +14,7 @@ from __future__ import annotations
 import linecache
 import marshal
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -61,6 +62,10 @@ def load_entry(sandbox: Sandbox, kernel: LoadedKernel) -> Callable[..., Any]:
     return entry
 
 
+#: Kernel versions whose module a ThreadExecutor keeps loaded.
+ENTRY_CACHE = 256
+
+
 class ThreadExecutor:
     """Run kernels on the calling worker thread, with a watchdog for time limits.
 
@@ -71,7 +76,7 @@ class ThreadExecutor:
     def __init__(self, sandbox: Sandbox, grace: float = 2.0) -> None:
         self.sandbox = sandbox
         self.watchdog = Watchdog(grace=grace)
-        self._entries: dict[str, Callable[..., Any]] = {}
+        self._entries: OrderedDict[str, Callable[..., Any]] = OrderedDict()
 
     def execute(
         self,
@@ -96,6 +101,8 @@ class ThreadExecutor:
                 if entry is None:
                     entry = load_entry(self.sandbox, kernel)
                     self._entries[kernel.digest] = entry
+                    while len(self._entries) > ENTRY_CACHE:  # old versions of hot patches
+                        self._entries.popitem(last=False)
                 return entry(*args)
             finally:
                 self._disarm(deadline)

@@ -9,8 +9,9 @@ compute and write frames to that channel, which the VM treats as untrusted input
 Conversation (VM -> cell, cell -> VM):
 
 * cell: ``["ready"]`` once confined, or ``["fatal", layer, message]`` and exit;
-* VM: ``["run", name, bytecode | None, args_pickle]`` — the first run carries the kernel's
-  stored bytecode (marshalled, guards compiled in) and binds the cell to that kernel;
+* VM: ``["run", name, bytecode | None, source | None, args_pickle]`` — the first run carries
+  the kernel's stored bytecode (marshalled, guards compiled in) and its source (for the
+  lines of tracebacks), and binds the cell to that kernel;
 * cell: any number of ``["line", text]`` while the step runs (prints, live), then
   ``["ok", returned_text]`` or ``["error", kind, message, traceback, retire]``.
 
@@ -20,6 +21,7 @@ the cell sends back is pickled.
 
 from __future__ import annotations
 
+import linecache
 import marshal
 import os
 import pickle
@@ -66,10 +68,13 @@ class _Cell:
         self.sandbox = sandbox
         self.entry: Callable[..., Any] | None = None
 
-    def load(self, name: str, bytecode: bytes) -> Callable[..., Any]:
+    def load(self, name: str, bytecode: bytes, source: str) -> Callable[..., Any]:
         code = marshal.loads(bytecode)
-        if not isinstance(code, types.CodeType) or code.co_filename != kernel_filename(name):
+        filename = kernel_filename(name)
+        if not isinstance(code, types.CodeType) or code.co_filename != filename:
             raise TypeError(f"the stored bytecode of kernel {name!r} is not its module code")
+        lines = source.splitlines(keepends=True)
+        linecache.cache[filename] = (len(source), None, lines, filename)
         namespace = self.sandbox.namespace(name)
         exec(code, namespace)  # module body: imports, defs and constants
         entry = namespace.get(name)
@@ -79,10 +84,10 @@ class _Cell:
 
     def run(self, message: list[Any]) -> list[Any]:
         """One step: the reply frame.  Whatever the kernel raises becomes an error frame."""
-        _, name, bytecode, args_blob = message
+        _, name, bytecode, source, args_blob = message
         try:
             if self.entry is None:
-                self.entry = self.load(str(name), bytes(bytecode))
+                self.entry = self.load(str(name), bytes(bytecode), str(source))
             args = pickle.loads(args_blob)
             value = self.entry(*args)
         except MemoryError:
@@ -157,7 +162,7 @@ def serve(
             code = 3
         else:
             # fds 0-2 are closed: nothing may write to them (the unraisable hook included).
-            sys.stdin = sys.stdout = sys.stderr = None  # type: ignore[assignment]
+            sys.stdin = sys.stdout = sys.stderr = None
             _Cell(fd, sandbox).serve()
     except BaseException:
         code = 4

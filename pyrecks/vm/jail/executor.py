@@ -269,9 +269,9 @@ class JailExecutor:
         limit: float,
     ) -> tuple[str, bool]:
         """The step's returned text and whether the cell may serve again."""
-        bytecode = None if cell.loaded else kernel.bytecode
+        code = (None, None) if cell.loaded else (kernel.bytecode, kernel.source)
         try:
-            write_frame(cell.fd, ["run", kernel.name, bytecode, blob])
+            write_frame(cell.fd, ["run", kernel.name, *code, blob])
         except OSError:
             raise self._died(cell, kernel) from None
         cell.loaded = True

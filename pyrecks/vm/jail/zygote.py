@@ -103,6 +103,7 @@ def _preload(modules: list[str]) -> Any:
 
 
 def _zygote(control_fd: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the VM decides when we stop; cells inherit it
     config = read_frame(control_fd, limit=MAX_VM_FRAME)[1]
     os.environ.clear()
     sandbox_class = _preload(list(config["allowed_modules"]))
@@ -202,6 +203,9 @@ class Zygote:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 close_fds=True,
+                # Its own session: Ctrl-C at the terminal drains the VM, it must not kill
+                # the zygote and the cells running the steps being drained.
+                start_new_session=True,
             )
         finally:
             theirs.close()
