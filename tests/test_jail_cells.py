@@ -206,7 +206,7 @@ def test_prints_reach_the_log_while_the_step_runs(px: Pyrecks, vm: VM) -> None:
         "import time\nPYRECKS_TIMEOUT = 30\n"
         "def slow_printer():\n"
         "    print('first')\n"
-        "    time.sleep(20)\n"
+        "    time.sleep(5)\n"
         "    print('second')\n"
         "    return ''\n",
     )

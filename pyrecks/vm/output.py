@@ -30,7 +30,6 @@ class StepOutput(OutputBuffer):
         super().__init__(echo)
         self._flush = flush
         self._started = time.monotonic()
-        self._flushed = 0
 
     def write_line(self, line: str) -> None:
         super().write_line(line)
@@ -40,15 +39,15 @@ class StepOutput(OutputBuffer):
         """Write what is not in the log yet, if the step has been running long enough."""
         if (
             self._flush is None
-            or self._flushed == len(self.lines)
+            or not self.lines
             or time.monotonic() - self._started < LIVE_AFTER
         ):
             return
-        pending = self.lines[self._flushed :]
-        self._flushed = len(self.lines)
+        # Written lines are not kept: a step that prints for minutes must not grow the VM.
+        pending, self.lines = self.lines, []
         self._flush(pending)
 
     @property
     def unwritten(self) -> list[str]:
         """Lines not yet in the log: they go with the step's commit."""
-        return self.lines[self._flushed :]
+        return self.lines
