@@ -227,10 +227,11 @@ def _check_empty_root(path: str) -> None:
             "namespaces",
             f"the cells' empty root {path!r} is not empty ({len(entries)} entries); {fix}",
         )
-    if st.st_uid != 0 or st.st_mode & 0o022:
+    if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
         raise JailUnavailable(
             "namespaces",
-            f"the cells' empty root {path!r} must be owned by root and writable by nobody "
+            f"the cells' empty root {path!r} must be owned by root (or the VM's user) and "
+            "writable by nobody "
             f"else (owner uid {st.st_uid}, mode {stat.filemode(st.st_mode)}); {fix}",
         )
     if not st.st_mode & 0o001:
@@ -264,15 +265,18 @@ def _enter_namespaces(empty_root: str | None) -> None:
     and the capabilities it grants count only inside it (they let us chroot, cap nested user
     namespaces and drop the rest).  The new network namespace has only ``lo``, down.
     """
-    try:
-        os.setgroups([])
-        os.setresgid(CELL_GID, CELL_GID, CELL_GID)
-        os.setresuid(CELL_UID, CELL_UID, CELL_UID)
-    except PermissionError as exc:
-        raise JailUnavailable(
-            "namespaces",
-            f"cannot switch to uid/gid {CELL_UID} ({exc}): the zygote must run as root",
-        ) from None
+    if os.geteuid() == 0:
+        try:
+            os.setgroups([])
+            os.setresgid(CELL_GID, CELL_GID, CELL_GID)
+            os.setresuid(CELL_UID, CELL_UID, CELL_UID)
+        except PermissionError as exc:
+            raise JailUnavailable(
+                "namespaces", f"cannot switch to uid/gid {CELL_UID} ({exc})"
+            ) from None
+    # A VM run by an ordinary user: its cells keep that uid (they cannot switch to another
+    # without privileges).  The new user namespace still takes every capability on the host,
+    # and Landlock and seccomp deny the user's files as they deny everyone's.
     if _libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNET | _CLONE_NEWIPC | _CLONE_NEWNS) != 0:
         err = ctypes.get_errno()
         raise JailUnavailable(
@@ -488,11 +492,6 @@ def _read_int(path: str) -> int | None:
 
 
 def _namespaces_reason() -> str | None:
-    if os.geteuid() != 0:
-        return (
-            f"the VM must run as root: cells drop from root to uid {CELL_UID} before entering "
-            "their namespaces (run the VM as root in its own container, or use --mode process)"
-        )
     for kind, config in (("user", "USER"), ("net", "NET"), ("ipc", "IPC"), ("mnt", "")):
         if not os.path.exists(f"/proc/self/ns/{kind}"):
             option = f"CONFIG_{config}_NS" if config else "mount namespaces"
@@ -549,7 +548,7 @@ def available_layers() -> dict[str, str | None]:
     :func:`confine` then raises JailUnavailable naming the layer.
     """
     if sys.platform != "linux":
-        reason = f"the jail needs Linux (this is {sys.platform}); use --mode process or thread"
+        reason = f"the jail needs Linux (this is {sys.platform}); use --isolation process or thread"
         return {layer: reason for layer in LAYERS}
     return {
         "namespaces": _namespaces_reason(),

@@ -38,6 +38,7 @@ from typing import Any
 from pyrecks.compiler.policy import Policy
 from pyrecks.vm.failures import StepFailure
 from pyrecks.vm.isolation import StepRecord
+from pyrecks.vm.jail.cell import MAX_LINE
 from pyrecks.vm.jail.frames import MAX_CELL_FRAME, BadFrame, ChannelClosed, read_frame, write_frame
 from pyrecks.vm.jail.zygote import (
     START_TIMEOUT,
@@ -106,7 +107,7 @@ class JailExecutor:
         self.memory_limit_mb = memory_limit_mb
         self.max_cells = max_cells
         self._root = tempfile.mkdtemp(prefix="pyrecks-cell-root-")
-        os.chmod(self._root, 0o111)  # cells may enter it, nobody may list or write it
+        os.chmod(self._root, 0o511)  # cells may enter it, only its owner may list it, none write
         self.config = CellConfig(
             allowed_modules=frozenset(policy.allowed_modules),
             forbidden_builtins=frozenset(policy.forbidden_builtins),
@@ -302,7 +303,12 @@ class JailExecutor:
                     "crashed", f"the cell of kernel {kernel.name} sent an invalid message: {exc}"
                 ) from None
             kind = message[0]
-            if kind == "line" and len(message) == 2 and isinstance(message[1], str):
+            if (
+                kind == "line"
+                and len(message) == 2
+                and isinstance(message[1], str)
+                and len(message[1]) <= MAX_LINE + 100  # the cell's own cut, and its note
+            ):
                 output.write_line(message[1])
             elif kind == "ok" and len(message) == 2 and isinstance(message[1], str):
                 return message[1], True
