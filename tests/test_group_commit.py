@@ -56,3 +56,27 @@ def test_a_refused_pipelined_commit_discards_the_step_that_ran_ahead(r: redis.Re
     assert info.step == 0 and info.call == "ahead(0)"  # failed at the first step
     assert [e.text for e in px.logs(info.id) if e.kind == "out"] == ["ran 0"]
     assert r.get("text") == b"not a number"
+
+
+def test_after_the_script_cache_empties_each_request_runs_its_own_script(
+    r: redis.Redis,
+) -> None:
+    """A batch mixes scripts (COMMIT, FAIL, RELEASE …).  After SCRIPT FLUSH (or a Redis
+    restart) every request must be re-run with its own script: a COMMIT payload run by the
+    FAIL script advanced checkpoints without their effects (issue 11, item 1)."""
+    from pyrecks.vm.groupcommit import GroupCommitter, _Request
+
+    first = r.register_script("return 'first:' .. KEYS[1] .. ARGV[1]")
+    second = r.register_script("return 'second:' .. KEYS[1] .. ARGV[1]")
+    committer = GroupCommitter(lambda: r)
+    assert committer.call(first, ["k"], ["0"]) == b"first:k0"
+    assert committer.call(second, ["k"], ["0"]) == b"second:k0"
+    r.script_flush()
+    batch = [
+        _Request(second, ["a"], ["1"]),
+        _Request(first, ["b"], ["2"]),
+        _Request(second, ["c"], ["3"]),
+    ]
+    committer._send(batch)
+    assert [q.error for q in batch] == [None, None, None]
+    assert [q.result for q in batch] == [b"second:a1", b"first:b2", b"second:c3"]

@@ -24,7 +24,11 @@ import redis
 
 @dataclass
 class _Request:
-    sha_call: tuple[str, list[str], list[Any]]
+    #: The request's own script: a batch mixes COMMIT, FAIL, RELEASE … and after a Redis
+    #: restart (or SCRIPT FLUSH) each must be re-run with *its* script, never the leader's.
+    script: Any
+    keys: list[str]
+    args: list[Any]
     done: threading.Event = field(default_factory=threading.Event)
     lead: bool = False
     result: Any = None
@@ -45,7 +49,7 @@ class GroupCommitter:
 
     def call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         """Run ``script`` (a registered redis-py Script) with ``keys`` and ``args``."""
-        request = _Request((script.sha, keys, args))
+        request = _Request(script, keys, args)
         with self._lock:
             self._queue.append(request)
             lead = not self._busy
@@ -54,7 +58,7 @@ class GroupCommitter:
             request.done.wait()
             if not request.lead:
                 return self._outcome(request)
-        self._lead(script)
+        self._lead()
         return self._outcome(request)
 
     @staticmethod
@@ -63,11 +67,11 @@ class GroupCommitter:
             raise request.error
         return request.result
 
-    def _lead(self, script: Any) -> None:
+    def _lead(self) -> None:
         with self._lock:
             batch = self._queue[: self._max_batch]
             del self._queue[: self._max_batch]
-        self._send(script, batch)
+        self._send(batch)
         with self._lock:
             if self._queue:
                 successor = self._queue[0]
@@ -80,19 +84,18 @@ class GroupCommitter:
         if successor is not None:
             successor.done.set()
 
-    def _send(self, script: Any, batch: list[_Request]) -> None:
+    def _send(self, batch: list[_Request]) -> None:
         client = self._client()
         self.batches += 1
         self.commits += len(batch)
         try:
             if len(batch) == 1:
-                sha, keys, args = batch[0].sha_call
-                batch[0].result = script(keys=keys, args=args, client=client)
+                (only,) = batch
+                only.result = only.script(keys=only.keys, args=only.args, client=client)
                 return
             pipe = client.pipeline(transaction=False)
             for request in batch:
-                sha, keys, args = request.sha_call
-                pipe.evalsha(sha, len(keys), *keys, *args)
+                pipe.evalsha(request.script.sha, len(request.keys), *request.keys, *request.args)
             try:
                 results = pipe.execute(raise_on_error=False)
             except redis.exceptions.NoScriptError:
@@ -101,8 +104,9 @@ class GroupCommitter:
                 if isinstance(result, redis.exceptions.NoScriptError):
                     # Redis restarted and lost its script cache: run this one by itself,
                     # which re-loads the script.
-                    sha, keys, args = request.sha_call
-                    request.result = script(keys=keys, args=args, client=client)
+                    request.result = request.script(
+                        keys=request.keys, args=request.args, client=client
+                    )
                 elif isinstance(result, BaseException):
                     request.error = result
                 else:
