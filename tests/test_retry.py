@@ -99,3 +99,22 @@ def test_pyrecks_retry_and_vms_commands(r: redis.Redis, redis_url: str) -> None:
     assert again.returncode == 1 and "not failed" in again.stderr
     states = {v.name: v.state for v in px.vms()}
     assert states["retry-vm"] == "stopped"
+
+
+def test_retrying_a_chain_started_with_an_invalid_call_fails_it_again_cleanly(
+    r: redis.Redis,
+) -> None:
+    """A raw XADD with a call that does not parse makes a failed ``bad_call`` chain; retrying
+    it used to wedge it (the VM crashed rendering its placeholder call and the chain stayed
+    ``running``, logging a traceback every 2 s).  Issue 11, item 3."""
+    px = Pyrecks(r)
+    r.xadd("pyrecks:starts", {"call": "not valid(", "id": "badcall"})
+    with px.local_vm(echo=False, threads=1):
+        first = px.wait("badcall", timeout=30, missing_ok=True)
+        assert first.status is ChainStatus.FAILED and first.error_kind == "bad_call"
+        assert px.retry("badcall")
+        again = px.wait("badcall", timeout=30)
+    assert again.status is ChainStatus.FAILED, again
+    assert again.error_kind == "return_string"
+    assert "stored call is invalid" in (again.error or "")
+    assert again.call == "not valid("

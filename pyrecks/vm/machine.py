@@ -43,7 +43,13 @@ from pyrecks.compiler.parser import parse, parse_value
 from pyrecks.compiler.policy import Policy, load_policy
 from pyrecks.compiler.render import render, render_call, render_value
 from pyrecks.compiler.store import KernelStore
-from pyrecks.errors import KernelNotFound, KernelRejected, PyrecksError, ReturnStringError
+from pyrecks.errors import (
+    KernelNotFound,
+    KernelRejected,
+    PyrecksError,
+    RenderError,
+    ReturnStringError,
+)
 from pyrecks.keys import Keyspace
 from pyrecks.vm.convert import ArgumentError, RedisValue, convert
 from pyrecks.vm.effects import EffectRejected, check_patterns, encode_effect
@@ -149,6 +155,9 @@ class ChainRun:
     #: The first step after a claim always asks Redis for the kernel digest, so a fix made
     #: just before a start or a retry is seen even if its invalidation is still in flight.
     asked: bool = False
+    #: The call as the record stored it at the claim: what a failure before the call could
+    #: be parsed (a chain started with an invalid call, then retried) records again.
+    stored_call: str = ""
 
 
 class _Lost(Exception):
@@ -491,6 +500,7 @@ class VM:
             branch=_s(branch) if branch is not None else None,
             clear_join=bool(join_text),
             committed_step=int(step),
+            stored_call=call_text,
         )
         if reclaimed:
             self._say(f"[{chain_id}] resuming at step {run.step} (taken over)")
@@ -1032,6 +1042,10 @@ class VM:
         text = str(failure)
         detail = text + ("\n" + failure.tb if failure.tb else "")
         attempts = str(run.attempts + 1)
+        try:
+            call_text = render_call(run.call)
+        except RenderError:  # the stored call never parsed: keep it as it was
+            call_text = run.stored_call
         payload: dict[str, Any] = {
             **self._fence(run),
             "fields": [
@@ -1040,7 +1054,7 @@ class VM:
                 "step",
                 str(run.step),
                 "call",
-                render_call(run.call),
+                call_text,
                 "status",
                 "failed",
                 "owner",
