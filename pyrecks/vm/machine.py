@@ -59,7 +59,7 @@ from pyrecks.vm.freshness import KernelWatch
 from pyrecks.vm.groupcommit import GroupCommitter
 from pyrecks.vm.loader import KernelLoader, LoadedKernel
 from pyrecks.vm.output import StepOutput
-from pyrecks.vm.registry import beat
+from pyrecks.vm.registry import beat, holder_of
 from pyrecks.vm.sandbox import Sandbox
 from pyrecks.vm.scripts import Scripts, pack
 
@@ -240,6 +240,15 @@ class VM:
         return self.config.name
 
     def start(self) -> VM:
+        holder = holder_of(self.r, self.keyspace, self.name, self.config.lease)
+        if holder is not None:
+            self.executor.close()
+            raise PyrecksError(
+                f"a VM named {self.name!r} is already running (host {holder.get('host', '?')}, "
+                f"pid {holder.get('pid', '?')}): two VMs under one name would run the same "
+                "steps twice. Choose another --name, or stop that VM (its name frees itself "
+                f"within its lease of {self.config.lease:g}s after it stops beating)"
+            )
         start_executor = getattr(self.executor, "start", None)
         if start_executor is not None:
             start_executor()

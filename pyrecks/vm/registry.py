@@ -38,6 +38,47 @@ class VMInfo:
         return dict(self.__dict__)
 
 
+def holder_of(r: redis.Redis, keyspace: Keyspace, name: str, lease: float) -> dict[str, Any] | None:
+    """Take the name ``name`` for a starting VM; the living holder's last beat if taken.
+
+    Two VMs under one name would each believe the other's chains are their own (a claim by
+    the same name is a restart) and run their steps twice; the name is therefore taken
+    atomically (``SET NX``) and refused while its heartbeat lives.
+    """
+    placeholder = json.dumps({"name": name, "host": socket.gethostname(), "pid": os.getpid()})
+    if r.set(keyspace.vm(name), placeholder, nx=True, px=max(int(lease * 1000), 1)):
+        return None
+    raw: Any = r.get(keyspace.vm(name))
+    if raw is None:  # it expired just now: try once more
+        if r.set(keyspace.vm(name), placeholder, nx=True, px=max(int(lease * 1000), 1)):
+            return None
+        raw = r.get(keyspace.vm(name)) or b"{}"
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
+    if data.get("host") == socket.gethostname() and not _running(data.get("pid")):
+        # A restart after a crash on this machine: the holder is gone, its heartbeat just
+        # has not expired yet.  The name (and its pending chains) resume at once.
+        r.set(keyspace.vm(name), placeholder, px=max(int(lease * 1000), 1))
+        return None
+    return data
+
+
+def _running(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, another user's
+    return True
+
+
 def beat(
     r: redis.Redis | Any,
     keyspace: Keyspace,
