@@ -18,6 +18,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -555,3 +556,119 @@ def test_the_vm_says_which_layers_are_active(px: Pyrecks) -> None:
         "jail isolation: cells with namespaces, no_new_privs, landlock, seccomp, rlimits" in s
         for s in said
     ), said
+
+
+# -- regressions from the outside attack pass (each reproduced first) -----------------------------
+
+#: Escaped code that finds its own channel (the cell's ``fd``) by walking the frames.
+CHANNEL = """
+sys = imp('sys')
+frame = sys._getframe()
+while frame is not None and type(frame.f_locals.get('self')).__name__ != '_Cell':
+    frame = frame.f_back
+cell = frame.f_locals['self']
+"""
+
+
+def _store_record(
+    r: redis.Redis, name: str, source: str, code_source: str, **extra: str
+) -> None:
+    """A record pairing ``source`` with the code of ``code_source`` (no checker, no guards)."""
+    store_unchecked(r, name, source)
+    code = compile(code_source, kernel_filename(name), "exec", dont_inherit=True)
+    r.hset(name, mapping={"bytecode": marshal.dumps(code), **extra})
+
+
+def test_a_cell_whose_step_was_abandoned_never_serves_another_chain(px: Pyrecks) -> None:
+    # With one chain running, the next kernel runs while the previous commit is on the
+    # wire; here that commit is refused while kernel b is still sleeping in its cell.
+    px.r.set("notnum", "hello")
+    raw_kernel(px.r, "ka", "def ka(x: str):\n    return 'kb(%r) INCRBY [(\"notnum\", 1)]' % x\n")
+    raw_kernel(
+        px.r,
+        "kb",
+        "import time\ndef kb(x: str):\n    print('kb starts with', x)\n    time.sleep(1)\n"
+        "    return 'return %r' % ('kb computed from ' + x)\n",
+    )
+    with px.local_vm(echo=False, threads=2):
+        assert _run(px, 'kb("warm-up")')[0] is ChainStatus.DONE
+        assert _run(px, 'ka("warm-up")')[0] is ChainStatus.FAILED
+        status, _, error_kind, _ = _run(px, 'ka("chain-1-secret")')
+        assert status is ChainStatus.FAILED and error_kind == "effect"
+        assert _run(px, 'kb("chain-2")')[1] == "kb computed from chain-2"
+
+
+def test_a_cell_that_answers_by_itself_and_stops_reading_cannot_hang_the_vm(
+    px: Pyrecks, vm: VM
+) -> None:
+    body = (
+        CHANNEL
+        + "if len(x) < 100:\n"
+        + "    msgpack, struct = imp('msgpack'), imp('struct')\n"
+        + "    reply = msgpack.packb(['ok', 'hang(\"' + 'A' * 900000 + '\")'])\n"
+        + "    imp('os').write(cell.fd, struct.pack('>I', len(reply)) + reply)\n"
+        + "    while True:\n        pass\n"
+        + "out = 'fine'"
+    )
+    source = breach("hang", body).replace("def hang():", "def hang(x):")
+    store_unchecked(px.r, "hang", source, timeout=3.0)
+    px.r.hset("hang", "signature", '[{"name": "x", "kind": "positional_or_keyword"}]')
+    status, _, error_kind, error = _run(px, 'hang("a")')
+    # The forged answer starts a step whose 900 kB argument the spinning cell never reads:
+    # sending it is bounded by the step's deadline, so the chain fails on time instead of
+    # holding a VM thread for ever, and the VM serves on.
+    assert status is ChainStatus.FAILED
+    assert error_kind == "timeout", error
+    outcomes = [s.outcome for s in _executor(vm).history if s.kernel == "hang"]
+    assert outcomes == ["ok", "timeout"]
+    _assert_still_serving(px)
+
+
+def test_one_source_with_two_codes_never_shares_a_cell(px: Pyrecks, vm: VM) -> None:
+    source = "def twin():\n    return 'return \"honest\"'\n"
+    raw_kernel(px.r, "victim", source.replace("twin", "victim"))
+    _store_record(
+        px.r, "evil", source.replace("twin", "victim"), "def evil():\n    return 'return \"evil\"'\n"
+    )
+    assert _run(px, "evil()")[1] == "evil"
+    assert _run(px, "victim()")[1] == "honest"
+    assert _run(px, "evil()")[1] == "evil"
+
+
+def test_stored_code_is_never_unmarshalled_by_the_vm(px: Pyrecks, vm: VM) -> None:
+    def rss_kb() -> int:
+        with open("/proc/self/status") as f:
+            return int(next(line for line in f if line.startswith("VmHWM")).split()[1])
+
+    before = rss_kb()
+    bomb = (b"(" + (2**27 - 1).to_bytes(4, "little")) * 4  # asks marshal for 4 GB
+    store_unchecked(px.r, "bomb", "def bomb():\n    return ''\n")
+    px.r.hset("bomb", "bytecode", bomb)
+    status, _, error_kind, _ = _run(px, "bomb()")
+    assert status is ChainStatus.FAILED and error_kind == "memory"
+    assert rss_kb() - before < 512 * 1024  # the cell paid, not the VM
+
+
+def test_record_limits_are_capped_by_the_policy(px: Pyrecks, vm: VM) -> None:
+    store_unchecked(px.r, "greedy", "def greedy():\n    return 'return 1'\n")
+    px.r.hset("greedy", mapping={"timeout": "1e300", "retries": "1000000000"})
+    assert _run(px, "greedy()")[1] == 1
+    loaded = vm.loader.cached("greedy")
+    assert loaded is not None
+    assert (loaded.timeout, loaded.retries) == (vm.policy.max_timeout, vm.policy.max_retries)
+
+
+def test_idle_cells_cannot_compute_and_printed_control_characters_are_escaped(
+    px: Pyrecks, vm: VM
+) -> None:
+    raw_kernel(px.r, "forger", "def forger():\n    print('a\\x1b[2Jb\\rc')\n    return ''\n")
+    chain = px.start("forger()")
+    assert px.wait(chain, timeout=30).status is ChainStatus.DONE
+    # (print splits lines at \r itself; what is left of the escape sequence shows as text)
+    assert [e.text for e in px.logs(chain) if e.kind == "out"] == ["a\\x1b[2Jb", "c"]
+    (pid,) = _executor(vm).cell_pids
+    # SIGSTOP was sent when it answered; its delivery is asynchronous: poll the state.
+    deadline = time.monotonic() + 10
+    while not _proc_status(pid)["State"].startswith("T") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _proc_status(pid)["State"].startswith("T")  # stopped while idle

@@ -220,3 +220,21 @@ def test_none_gets_a_hint_about_the_missing_return() -> None:
 def test_parse_value_rejects_what_is_not_exactly_one_value(text: str) -> None:
     with pytest.raises(ReturnStringError):
         parse_value(text)
+
+
+# --- what would cost the VM unbounded time ------------------------------------------------------
+
+
+def test_too_many_values_are_refused_before_the_parser_spends_time_on_them() -> None:
+    many = "return [" + ", ".join(["1"] * 11) + "]"
+    assert parse(many, Limits(max_values=10_000)).then.value == (1,) * 11  # type: ignore[union-attr]
+    with pytest.raises(ReturnStringError, match=r"more than 10 values \(Limits.max_values\)"):
+        parse(many, Limits(max_values=10))
+    # Commas inside strings are text, not values.
+    assert parse('return ["a,b,c,d,e,f,g,h,i,j,k,l"]', Limits(max_values=2))
+
+
+def test_a_hex_integer_too_big_to_render_is_refused() -> None:
+    with pytest.raises(ReturnStringError, match="too long"):
+        parse("return 0x" + "f" * 5000)
+    assert parse("return 0xff").then.value == 255  # type: ignore[union-attr]

@@ -78,6 +78,9 @@ class Limits:
     max_depth: int = 32
     max_branches: int = 256
     max_effects: int = 10_000
+    #: Values (list items, dict entries, arguments) in the whole text: each costs the
+    #: parser ~20 µs, and a 1 MB text of ``1,1,1,…`` would otherwise cost the VM seconds.
+    max_values: int = 50_000
 
 
 DEFAULT_LIMITS = Limits()
@@ -144,6 +147,9 @@ def _tok_fault(tok: Token, message: str) -> _Fault:
 # full parse.  A quote that starts no complete string is reported by the lexer anyway.
 _BRACKETS = re.compile(r""""(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'|[()\[\]{}]""")
 _OPEN = {"(": ")", "[": "]", "{": "}"}
+_COMMAS = re.compile(r""""(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'|,""")
+#: The largest integer the language reads: what Python still converts to decimal text.
+_MAX_INT_BITS = 14_000
 
 
 def _brackets(text: str) -> Iterator[tuple[str, int]]:
@@ -151,6 +157,26 @@ def _brackets(text: str) -> Iterator[tuple[str, int]]:
         ch = m.group()
         if len(ch) == 1:
             yield ch, m.start()
+
+
+def _check_values(text: str, limit: int) -> None:
+    """Refuse texts with more than ``limit`` values before Lark spends time on them.
+
+    Commas outside string literals bound the number of values from above (one more than
+    the commas of a bracket); counting them is a C-speed scan.
+    """
+    if text.count(",") < limit:
+        return
+    commas = 0
+    for m in _COMMAS.finditer(text):
+        if m.group() == ",":
+            commas += 1
+            if commas >= limit:
+                raise _fault_at(
+                    text, m.start(),
+                    f"more than {limit:,} values (Limits.max_values); store big values under "
+                    "a key (with a SET effect) and pass \"@key\" instead",
+                )
 
 
 def _check_depth(text: str, limit: int) -> None:
@@ -420,9 +446,14 @@ class _Build(Transformer[Token, Any]):
 
     def integer(self, tok: Token) -> int:
         try:
-            return int(tok, 0)
+            value = int(tok, 0)
         except ValueError:
             pass
+        else:
+            # 0x… literals reach sizes that decimal text cannot (and that could then
+            # never be rendered back, in a record or a log line).
+            if value.bit_length() <= _MAX_INT_BITS:
+                return value
         digits = tok.lstrip("+-")
         if digits[:1] == "0" and digits[1:2].isdigit() and digits.strip("0_"):
             raise _tok_fault(
@@ -818,6 +849,10 @@ class _Engine:
 
     def parse_uncached(self, text: str) -> Transition:
         self.check_length(text)
+        try:
+            _check_values(text, self.limits.max_values)
+        except _Fault as f:
+            raise _error(text, f.line, f.column, f.message, f.expected) from None
         fast = _fast_parse(text, self.limits)
         if fast is not None:
             return fast

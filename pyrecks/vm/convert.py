@@ -78,7 +78,13 @@ def _structured(raw: bytes | str, key: str, want: str) -> Any:
     if isinstance(raw, bytes):
         try:
             return msgpack.unpackb(raw, raw=False, strict_map_key=False)
-        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+        except (
+            ValueError,
+            TypeError,  # a map keyed by a list: {[1]: 1} is valid msgpack, not a dict
+            msgpack.ExtraData,
+            msgpack.FormatError,
+            msgpack.StackError,
+        ):
             pass
         raw = raw.decode("utf-8", "replace")
     try:

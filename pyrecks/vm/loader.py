@@ -12,7 +12,11 @@ Where the code comes from depends on what stands between it and the host:
   what runs, as the brief always meant — compile once per kernel version, not once per VM
   process.  It is used when the record says it was compiled (``compiled`` = 1), by this
   Python (``magic``), from this very source (``digest``), with guards compiled in
-  (``format``).  A crafted code object can only hurt its own cell.
+  (``format``).  The VM never unmarshals those bytes: a crafted marshal stream can ask for
+  gigabytes in a few bytes, so only the cell reads it, under its memory and time limits.
+  A crafted code object can only hurt its own cell.  The record's metadata is untrusted
+  too: the signature must have the expected shape, and its time limit and retries are
+  capped by the policy.
 * **process / thread**: no operating-system boundary, so the VM trusts nothing it did not
   compile itself: every kernel version is checked and compiled (guards included) once per
   process from its source, and stored bytecode is ignored.
@@ -31,15 +35,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyrecks.compiler.compiler import (
+    MAGIC,
     CompiledKernel,
     Param,
     compile_kernel,
-    load_code,
     signature_from_json,
 )
 from pyrecks.compiler.policy import Policy
 from pyrecks.compiler.store import RECORD_FORMAT, KernelStore
-from pyrecks.errors import KernelNotFound
+from pyrecks.errors import KernelNotFound, KernelRejected
+
+#: Kernel versions the checker refused, remembered so a chain retried in a loop does not
+#: make the VM check the same source again and again.
+_REJECTED_CACHE = 256
+#: Stored code larger than this is not sent to a cell (the source is compiled instead).
+MAX_STORED_CODE = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,26 @@ class LoadedKernel:
     #: The module's code, marshalled, with the run-time guards compiled in.
     bytecode: bytes
 
+    @property
+    def code_key(self) -> str:
+        """What identifies the code that runs: a cell serves exactly one such key.
+
+        The source digest alone is not enough: in a jail the stored bytecode runs, and two
+        records may pair one source with different code.
+        """
+        return f"{self.name}:{hashlib.sha256(self.bytecode).hexdigest()}"
+
+
+def _plain_param(param: Param) -> bool:
+    """A parameter as the compiler writes it (a record's signature is untrusted data)."""
+    return (
+        isinstance(param.name, str)
+        and (param.annotation is None or isinstance(param.annotation, str))
+        and param.kind
+        in ("positional_only", "positional_or_keyword", "var_positional", "keyword_only",
+            "var_keyword")
+    )
+
 
 def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
@@ -67,13 +97,15 @@ class KernelLoader:
         self.store = store
         self.policy = policy
         self.trust_stored_code = trust_stored_code
-        self._by_digest: dict[str, LoadedKernel] = {}
+        #: (name, source digest) -> kernel: two names never share an entry, whatever their text.
+        self._loaded: dict[tuple[str, str], LoadedKernel] = {}
         self._digest_of: dict[str, str] = {}
+        self._rejected: dict[str, KernelRejected] = {}
         self._lock = threading.Lock()
 
     def cached(self, name: str) -> LoadedKernel | None:
         """The kernel this process last ran for ``name``, if still cached."""
-        return self._by_digest.get(self._digest_of.get(name, ""))
+        return self._loaded.get((name, self._digest_of.get(name, "")))
 
     def known_digest(self, name: str) -> str:
         """The digest this process last ran for ``name`` ('' if none)."""
@@ -82,7 +114,7 @@ class KernelLoader:
     def resolve(self, name: str, state: str, payload: Any) -> LoadedKernel:
         """Turn the PREPARE script's answer about kernel ``name`` into a loaded kernel."""
         if state == "same":
-            cached = self._by_digest.get(self._digest_of.get(name, ""))
+            cached = self._loaded.get((name, self._digest_of.get(name, "")))
             if cached is not None:
                 return cached
             state, payload = "hash", None  # cache evicted under us: reload fully
@@ -123,17 +155,23 @@ class KernelLoader:
             return cached
         compiled_flag = _text(fields.get("compiled", b"0")) == "1"
         stored_digest = _text(fields.get("digest", b""))
-        usable = compiled_flag and stored_digest == digest and "bytecode" in fields
         bytecode = bytes(fields.get("bytecode", b""))
-        if not usable or load_code(bytecode, _text(fields.get("magic", b""))) is None:
+        usable = (
+            compiled_flag
+            and stored_digest == digest
+            and 0 < len(bytecode) <= MAX_STORED_CODE
+            and _text(fields.get("magic", b"")) == MAGIC
+        )
+        if not usable:
             # Never compiled, hand-edited, or from another Python: compile and store it.
             return self._from_source(name, source)
         if self.trust_stored_code and _text(fields.get("format", b"")) == RECORD_FORMAT:
             stored = self._stored(name, digest, source, bytecode, fields)
             if stored is not None:
                 return stored
-        # No jail: re-check and compile the source once per process under today's policy.
-        return self._install(name, compile_kernel(name, source, self.policy))
+        # No jail: re-check and compile the source once per process under today's policy
+        # (the stored bytes are never read: nothing but our own compiler stands behind them).
+        return self._install(name, self._compile(name, source, digest))
 
     def _stored(
         self, name: str, digest: str, source: str, bytecode: bytes, fields: dict[str, bytes]
@@ -147,8 +185,14 @@ class KernelLoader:
             retries = int(retries_text) if retries_text else None
         except (ValueError, TypeError, KeyError, AttributeError, json.JSONDecodeError):
             return None
-        if timeout is not None and not timeout > 0:
+        if not all(_plain_param(p) for p in params):
             return None
+        if timeout is not None:
+            if not timeout > 0:  # NaN and negatives
+                return None
+            timeout = min(timeout, self.policy.max_timeout)
+        if retries is not None:
+            retries = max(0, min(retries, self.policy.max_retries))
         kernel = LoadedKernel(name, digest, params, timeout, retries, source, bytecode)
         return self._remember(kernel)
 
@@ -157,16 +201,30 @@ class KernelLoader:
         cached = self._cached(name, digest)
         if cached is not None:
             return cached
-        compiled = compile_kernel(name, source, self.policy)
+        compiled = self._compile(name, source, digest)
         self.store.promote(name, compiled, source)
         return self._install(name, compiled)
 
+    def _compile(self, name: str, source: str, digest: str) -> CompiledKernel:
+        """Check and compile; a version refused once is refused again without re-checking."""
+        key = f"{name}:{digest}"
+        refused = self._rejected.get(key)
+        if refused is not None:
+            raise refused
+        try:
+            return compile_kernel(name, source, self.policy)
+        except KernelRejected as exc:
+            with self._lock:
+                self._rejected[key] = exc
+                while len(self._rejected) > _REJECTED_CACHE:
+                    del self._rejected[next(iter(self._rejected))]
+            raise
+
     def _cached(self, name: str, digest: str) -> LoadedKernel | None:
-        cached = self._by_digest.get(digest)
-        if cached is not None and cached.name == name:
+        cached = self._loaded.get((name, digest))
+        if cached is not None:
             self._digest_of[name] = digest
-            return cached
-        return None
+        return cached
 
     def _install(self, name: str, compiled: CompiledKernel) -> LoadedKernel:
         kernel = LoadedKernel(
@@ -182,6 +240,6 @@ class KernelLoader:
 
     def _remember(self, kernel: LoadedKernel) -> LoadedKernel:
         with self._lock:
-            self._by_digest[kernel.digest] = kernel
+            self._loaded[(kernel.name, kernel.digest)] = kernel
             self._digest_of[kernel.name] = kernel.digest
         return kernel

@@ -17,6 +17,14 @@ from pyrecks.vm.sandbox import OutputBuffer
 
 #: A step that has run this long has its printed lines written to the log as they come.
 LIVE_AFTER = 0.1
+#: Printed text one step may put in the log; lines past it are counted, not kept.
+MAX_STEP_OUTPUT = 1024 * 1024
+
+# Control characters (but tab) shown escaped: a kernel must not be able to move the
+# operator's cursor, clear a terminal or forge what looks like another chain's line.
+_ESCAPES = {
+    c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)] if c != 0x09
+}
 
 
 class StepOutput(OutputBuffer):
@@ -30,8 +38,15 @@ class StepOutput(OutputBuffer):
         super().__init__(echo)
         self._flush = flush
         self._started = time.monotonic()
+        self._kept = 0  # characters of output kept so far
+        self._dropped = 0
 
     def write_line(self, line: str) -> None:
+        line = line.translate(_ESCAPES)
+        if self._kept + len(line) > MAX_STEP_OUTPUT:
+            self._dropped += 1
+            return
+        self._kept += len(line)
         super().write_line(line)
         self.tick()
 
@@ -49,5 +64,12 @@ class StepOutput(OutputBuffer):
 
     @property
     def unwritten(self) -> list[str]:
-        """Lines not yet in the log: they go with the step's commit."""
+        """Lines not yet in the log: they go with the step's commit (with a note of how
+        many lines were dropped, if the step printed more than it may keep)."""
+        if self._dropped:
+            self.lines.append(
+                f"[{self._dropped} more line(s) dropped: a step keeps at most "
+                f"{MAX_STEP_OUTPUT // 1024} KiB of printed output]"
+            )
+            self._dropped = 0
         return self.lines

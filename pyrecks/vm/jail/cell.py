@@ -67,6 +67,7 @@ class _Cell:
         self.fd = fd
         self.sandbox = sandbox
         self.entry: Callable[..., Any] | None = None
+        self.name = ""
 
     def load(self, name: str, bytecode: bytes, source: str) -> Callable[..., Any]:
         code = marshal.loads(bytecode)
@@ -88,6 +89,9 @@ class _Cell:
         try:
             if self.entry is None:
                 self.entry = self.load(str(name), bytes(bytecode), str(source))
+                self.name = str(name)
+            elif name != self.name:  # a VM bug, never a kernel's choice: refuse loudly
+                raise RuntimeError(f"this cell runs kernel {self.name!r}, not {name!r}")
             args = pickle.loads(args_blob)
             value = self.entry(*args)
         except MemoryError:
@@ -163,6 +167,11 @@ def serve(
         else:
             # fds 0-2 are closed: nothing may write to them (the unraisable hook included).
             sys.stdin = sys.stdout = sys.stderr = None
+            # What the zygote learnt about the host while importing (paths, directory
+            # listings cached by the import system) is no business of a kernel's.
+            sys.path.clear()
+            sys.path_importer_cache.clear()
+            sys.argv[:] = []
             _Cell(fd, sandbox).serve()
     except BaseException:
         code = 4

@@ -48,10 +48,13 @@ from pyrecks.vm.jail.zygote import (
     describe_status,
 )
 from pyrecks.vm.loader import LoadedKernel
+from pyrecks.vm.output import StepOutput
 from pyrecks.vm.sandbox import OutputBuffer
 
 #: How often a waiting step hands printed lines to the output (so they show while it runs).
 TICK = 0.1
+#: An idle cell unused this long is stopped: it may hold up to its memory limit.
+IDLE_TIMEOUT = 300.0
 
 #: Error kinds a cell may report; anything else is a protocol violation.
 _CELL_ERROR_KINDS = frozenset({"kernel_error", "memory", "bad_return", "return_string"})
@@ -61,31 +64,48 @@ _MAX_TRACEBACK = 64 * 1024
 
 @dataclass
 class Cell:
-    """One jailed process and the VM's end of its channel."""
+    """One jailed process and the VM's end of its channel (non-blocking: every wait on a
+    cell, reading or writing, is bounded by the step's deadline)."""
 
     pid: int
     sock: socket.socket
     pidfd: int
-    digest: str = ""
+    #: The code it serves (``LoadedKernel.code_key``): bound by its first step.
+    code_key: str = ""
     started: float = field(default_factory=time.monotonic)
+    #: When it last answered (idle cells unused for IDLE_TIMEOUT are stopped).
+    last_used: float = field(default_factory=time.monotonic)
     #: It said ``ready`` (it is jailed) / it has been sent its kernel's code.
     ready: bool = False
     loaded: bool = False
+    #: It answered this step (``ok`` or ``error``): only then may it serve again.
+    answered: bool = False
+    fd: int = field(init=False)
 
-    @property
-    def fd(self) -> int:
-        return self.sock.fileno()
+    def __post_init__(self) -> None:
+        # Kept as a number: the socket object forgets its fd once closed, and a thread
+        # still waiting on this cell must then fail on a dead fd, not on -1.
+        self.fd = self.sock.fileno()
+        self.sock.setblocking(False)
 
-    def kill(self) -> None:
-        """SIGKILL now (idempotent); the zygote reaps it."""
+    def signal(self, signum: int) -> None:
         if self.pidfd >= 0:
             with contextlib.suppress(OSError):
-                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+                signal.pidfd_send_signal(self.pidfd, signum)
+
+    def kill(self) -> None:
+        """SIGKILL now and close the channel (idempotent; only by the thread using it)."""
+        self.signal(signal.SIGKILL)
+        if self.pidfd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self.pidfd)
             self.pidfd = -1
         with contextlib.suppress(OSError):
             self.sock.close()
+
+    def leftovers(self) -> bool:
+        """Whether it wrote anything (or died) since its last answer: it must not serve."""
+        return bool(select.select([self.fd], [], [], 0)[0])
 
 
 class JailExecutor:
@@ -158,22 +178,33 @@ class JailExecutor:
         """Start the zygote now (else on the first step), so start-up errors show at once."""
         self._zygote_handle()
 
-    def _checkout(self, digest: str) -> Cell:
+    def _checkout(self, code_key: str) -> Cell:
+        stale: list[Cell] = []
+        found = None
         with self._lock:
             if self._closed:
                 raise StepFailure("crashed", "the VM is stopping")
             for pid, cell in reversed(self._idle.items()):
-                if cell.digest == digest:
+                if cell.code_key == code_key:
                     del self._idle[pid]
+                    if cell.leftovers():
+                        stale.append(cell)  # a reply nobody asked for: never reuse it
+                        continue
                     self._busy[pid] = cell
-                    return cell
-            evict = []
-            while self._idle and len(self._idle) + len(self._busy) >= self.max_cells:
-                evict.append(self._idle.popitem(last=False)[1])
-        for cell in evict:
+                    found = cell
+                    break
+            while self._idle and (
+                len(self._idle) + len(self._busy) >= self.max_cells
+                or next(iter(self._idle.values())).last_used < time.monotonic() - IDLE_TIMEOUT
+            ):
+                stale.append(self._idle.popitem(last=False)[1])
+        for cell in stale:
             cell.kill()
+        if found is not None:
+            found.signal(signal.SIGCONT)
+            return found
         cell = self._new_cell()
-        cell.digest = digest
+        cell.code_key = code_key
         return cell
 
     def _new_cell(self) -> Cell:
@@ -193,6 +224,11 @@ class JailExecutor:
         return cell
 
     def _checkin(self, cell: Cell, healthy: bool) -> None:
+        cell.last_used = time.monotonic()
+        if healthy:
+            # An idle cell cannot compute: whatever a kernel left running after its answer
+            # (a finalizer, a loop in escaped code) waits, stopped, until its next step.
+            cell.signal(signal.SIGSTOP)
         with self._lock:
             self._busy.pop(cell.pid, None)
             if healthy and not self._closed:
@@ -219,20 +255,22 @@ class JailExecutor:
             raise StepFailure(
                 "arguments", f"the arguments of {kernel.name} cannot be sent to its cell: {exc}"
             ) from None
-        cell = self._checkout(kernel.digest)
+        cell = self._checkout(kernel.code_key)
         started = time.monotonic()
-        healthy = False
-        outcome = "ok"
+        outcome = "crashed"
         try:
             if not cell.ready:
                 self._await_ready(cell, kernel)
-            value, healthy = self._run(cell, kernel, blob, output, limit)
+            value = self._run(cell, kernel, blob, output, limit)
+            outcome = "ok"
             return value
         except StepFailure as failure:
             outcome = failure.kind
-            healthy = cell.pidfd >= 0  # a kernel error leaves the cell fine; kills say no
             raise
         finally:
+            # Only a cell that answered this very step and was not killed may serve again
+            # (a kernel's own exception leaves it fine; anything else says nothing about it).
+            healthy = cell.answered and cell.pidfd >= 0
             self.history.append(
                 StepRecord(kernel.name, cell.pid, started, time.monotonic(), outcome)
             )
@@ -268,32 +306,33 @@ class JailExecutor:
         blob: bytes,
         output: OutputBuffer,
         limit: float,
-    ) -> tuple[str, bool]:
-        """The step's returned text and whether the cell may serve again."""
+    ) -> str:
+        """The step's returned text; StepFailure for everything else.
+
+        The deadline covers sending the step too: a cell that stops reading cannot make
+        the VM's thread wait on a full socket buffer.
+        """
+        deadline = time.monotonic() + limit
         code = (None, None) if cell.loaded else (kernel.bytecode, kernel.source)
+        cell.answered = False
         try:
-            write_frame(cell.fd, ["run", kernel.name, *code, blob])
+            write_frame(cell.fd, ["run", kernel.name, *code, blob], deadline=deadline)
+        except TimeoutError:
+            raise self._timed_out(cell, kernel, limit) from None
         except OSError:
             raise self._died(cell, kernel) from None
         cell.loaded = True
-        deadline = time.monotonic() + limit
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                cell.kill()
-                raise StepFailure(
-                    "timeout",
-                    f"kernel {kernel.name} exceeded its time limit of {limit:g}s (its cell "
-                    "was killed)",
-                )
-            if not select.select([cell.fd], [], [], min(left, TICK))[0]:
-                tick = getattr(output, "tick", None)
-                if tick is not None:
-                    tick()
-                continue
+                raise self._timed_out(cell, kernel, limit)
             try:
+                if not select.select([cell.fd], [], [], min(left, TICK))[0]:
+                    if isinstance(output, StepOutput):
+                        self._hand_over(cell, output.tick)
+                    continue
                 message = read_frame(cell.fd, limit=MAX_CELL_FRAME, deadline=deadline)
-            except (ChannelClosed, OSError):
+            except (ChannelClosed, OSError, ValueError):
                 raise self._died(cell, kernel) from None
             except TimeoutError:
                 continue  # the loop head reports the timeout
@@ -309,9 +348,10 @@ class JailExecutor:
                 and isinstance(message[1], str)
                 and len(message[1]) <= MAX_LINE + 100  # the cell's own cut, and its note
             ):
-                output.write_line(message[1])
+                self._hand_over(cell, output.write_line, message[1])
             elif kind == "ok" and len(message) == 2 and isinstance(message[1], str):
-                return message[1], True
+                cell.answered = True
+                return message[1]
             elif (
                 kind == "error"
                 and len(message) == 5
@@ -320,6 +360,7 @@ class JailExecutor:
                 and isinstance(message[3], str)
                 and isinstance(message[4], bool)
             ):
+                cell.answered = True
                 retire = message[4] or message[1] == "memory"
                 if retire:
                     cell.kill()
@@ -335,6 +376,28 @@ class JailExecutor:
                     f"{str(message)[:200]}",
                 )
 
+    @staticmethod
+    def _hand_over(cell: Cell, deliver: Callable[..., None], *args: Any) -> None:
+        """Give printed lines to the VM's output; if that fails, the step is over.
+
+        The output may write to the chain log (a long step's lines) and learn there that
+        the chain's previous commit was refused: the step is abandoned, and its cell, which
+        is still running it, must never serve another step.
+        """
+        try:
+            deliver(*args)
+        except BaseException:
+            cell.kill()
+            raise
+
+    @staticmethod
+    def _timed_out(cell: Cell, kernel: LoadedKernel, limit: float) -> StepFailure:
+        cell.kill()
+        return StepFailure(
+            "timeout",
+            f"kernel {kernel.name} exceeded its time limit of {limit:g}s (its cell was killed)",
+        )
+
     def _died(self, cell: Cell, kernel: LoadedKernel) -> StepFailure:
         cell.kill()
         zygote = self._zygote
@@ -345,12 +408,16 @@ class JailExecutor:
         """Stop every cell and the zygote; remove the cells' empty root."""
         with self._lock:
             self._closed = True
-            cells = [*self._idle.values(), *self._busy.values()]
+            idle, busy = list(self._idle.values()), list(self._busy.values())
             self._idle.clear()
             self._busy.clear()
             zygote, self._zygote = self._zygote, None
-        for cell in cells:
+        for cell in idle:
             cell.kill()
+        for cell in busy:
+            # Its thread still waits on the channel: only the signal, so that the thread
+            # reads end-of-file and closes the channel itself (never a recycled fd).
+            cell.signal(signal.SIGKILL)
         if zygote is not None:
             zygote.close()
         with contextlib.suppress(OSError):

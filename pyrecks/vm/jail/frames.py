@@ -43,11 +43,23 @@ def pack_frame(message: list[Any] | tuple[Any, ...]) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
-def write_frame(fd: int, message: list[Any] | tuple[Any, ...]) -> None:
-    """Write one frame completely (a stream socket may accept it in pieces)."""
+def write_frame(
+    fd: int, message: list[Any] | tuple[Any, ...], *, deadline: float | None = None
+) -> None:
+    """Write one frame completely (a stream socket may accept it in pieces).
+
+    With a ``deadline`` (monotonic) the fd must be non-blocking: the VM never waits longer
+    than a step may take on a cell that stopped reading; ``TimeoutError`` then.
+    """
     data = memoryview(pack_frame(message))
     while data:
-        sent = os.write(fd, data)
+        try:
+            sent = os.write(fd, data)
+        except BlockingIOError:
+            left = 0.0 if deadline is None else deadline - time.monotonic()
+            if left <= 0 or not select.select([], [fd], [], left)[1]:
+                raise TimeoutError from None
+            continue
         data = data[sent:]
 
 
@@ -58,7 +70,10 @@ def _read_exactly(fd: int, count: int, deadline: float | None) -> bytes:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([fd], [], [], left)[0]:
                 raise TimeoutError
-        chunk = os.read(fd, min(count, 1 << 20))
+        try:
+            chunk = os.read(fd, min(count, 1 << 20))
+        except BlockingIOError:  # select said readable, but nothing came: wait again
+            continue
         if not chunk:
             raise ChannelClosed
         chunks.append(chunk)
