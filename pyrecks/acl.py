@@ -17,14 +17,14 @@ what the scripts do; that is why the write commands the scripts use are listed h
 
 from __future__ import annotations
 
+from pyrecks.compiler.effects import ALLOWED_COMMANDS
+
 #: Commands every role needs to connect and run pyrecks' scripts.
 _COMMON = ["ping", "hello", "auth", "select", "evalsha", "eval", "script|load", "script|exists"]
 
-#: Effects kernels may request (the grammar's whitelist) — applied by the VM inside scripts.
-_EFFECT_WRITES = [
-    "set", "del", "incrby", "incrbyfloat", "hset", "hdel", "rpush", "lpush", "sadd", "srem",
-    "zadd", "zincrby", "xadd", "expire", "pexpire",
-]  # fmt: skip
+#: Effects kernels may request — the grammar's whitelist, the one list
+#: (:data:`pyrecks.compiler.effects.ALLOWED_COMMANDS`) — applied by the VM inside scripts.
+_EFFECT_WRITES = sorted(command.lower() for command in ALLOWED_COMMANDS)
 
 VM_COMMANDS = sorted(
     set(
@@ -35,6 +35,7 @@ VM_COMMANDS = sorted(
             "hgetall", "hget", "hmget", "hsetnx", "hincrby", "hexists", "exists", "type",
             "get", "persist", "zrem", "sismember", "smembers", "lrange", "zrange",
             "xreadgroup", "xack", "xautoclaim", "xclaim", "xgroup|create", "xread", "xrange",
+            "xpending",  # the ACK script: acknowledge only entries this VM holds
             "multi", "exec", "watch", "unwatch",
             # hot-patch freshness through client-side caching invalidations
             "client|id", "client|tracking", "subscribe",

@@ -16,7 +16,9 @@ from pyrecks.compiler.compiler import (
     signature_from_json,
     signature_to_json,
 )
+from pyrecks.compiler.policy import Policy
 from pyrecks.errors import KernelRejected
+from pyrecks.vm.sandbox import Sandbox
 
 SOURCE = '''\
 """A typed kernel."""
@@ -58,7 +60,7 @@ def test_marshal_round_trip_gives_a_runnable_module() -> None:
     code = load_code(kernel.bytecode, kernel.magic)
     assert code is not None
     assert code == kernel.code  # code objects compare by value
-    namespace: dict[str, object] = {}
+    namespace = Sandbox.from_policy(Policy()).namespace("wc")
     exec(code, namespace)
     assert namespace["PYRECKS_TIMEOUT"] == 1.5
 
@@ -72,7 +74,7 @@ def test_load_code_refuses_other_pythons_and_garbage() -> None:
 
 def test_tracebacks_name_the_kernel_and_its_lines() -> None:
     kernel = compile_kernel("boom", SOURCE)
-    namespace: dict[str, object] = {}
+    namespace = Sandbox.from_policy(Policy()).namespace("boom")
     exec(kernel.code, namespace)
     with pytest.raises(ZeroDivisionError) as info:
         namespace["boom"](0)  # type: ignore[operator]

@@ -1,10 +1,9 @@
-"""Escapes found by an independent review, each kept as a regression test.
+"""Escapes found by an independent review, each kept as a regression test, end to end.
 
-Each of these passed the static checker when it was found.  The checker now refuses the
-module-alias ones (PK306); the run-time sandbox blocks all of them regardless — read-only
-module proxies without private names, guarded attribute writes, guarded ``str.format``
-templates and guarded ``operator.attrgetter`` (tests/test_vm_sandbox.py exercises those
-guards with no checker at all).
+Each of these passed the static checker when it was found.  The checker now refuses them
+(PK306, PK304, PK404 …) and the guards compiled into every kernel block all of them
+regardless; tests/test_guards_escapes.py runs each escape against each layer alone, and this
+file runs them through a real VM and Redis.
 """
 
 from __future__ import annotations

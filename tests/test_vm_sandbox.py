@@ -8,15 +8,20 @@ missed something.
 
 from __future__ import annotations
 
+import hashlib
+import marshal
 import time
+import types
+from typing import Any
 
 import pytest
 import redis
 
 from pyrecks.api import Pyrecks
 from pyrecks.compiler.policy import Policy
+from pyrecks.vm.loader import LoadedKernel
 from pyrecks.vm.records import ChainStatus
-from pyrecks.vm.sandbox import Sandbox, SandboxViolation
+from pyrecks.vm.sandbox import Sandbox, SandboxViolation, compile_guarded
 from tests.vm_helpers import raw_kernel
 
 RAW_ESCAPES = {
@@ -89,8 +94,6 @@ def test_runtime_guards_hold_without_the_checker(
 
 
 def _run_guarded(sandbox: Sandbox, source: str) -> dict[str, object]:
-    from pyrecks.vm.sandbox import compile_guarded
-
     namespace = sandbox.namespace("t")
     exec(compile_guarded("t", source, "<kernel t>"), namespace)
     return namespace
@@ -138,31 +141,64 @@ def test_sandboxed_sleep_is_interruptible_by_the_watchdog(r: redis.Redis) -> Non
     assert time.monotonic() - began < 5.0
 
 
+STUBBORN = (
+    "import time\n"
+    "def stubborn():\n"
+    "    end = time.monotonic() + 2.0\n"
+    "    while time.monotonic() < end:\n"
+    "        try:\n"
+    "            while time.monotonic() < end:\n"
+    "                pass\n"
+    "        except BaseException:\n"
+    "            pass\n"
+    '    return \'SET [("late", "1")]\'\n'
+)
+
+
+def _install_unchecked(r: redis.Redis, vm: Any, code: types.CodeType) -> None:
+    """Put ``stubborn`` straight into the VM's cache with ``code``, without the checker.
+
+    The Redis record names the same source (so its digest matches the cache) but says it
+    was never compiled, so nothing else is consulted.
+    """
+    digest = hashlib.sha256(STUBBORN.encode()).hexdigest()
+    vm.loader._remember(
+        LoadedKernel("stubborn", digest, (), 0.2, None, STUBBORN, marshal.dumps(code))
+    )
+    r.hset("stubborn", mapping={"source": STUBBORN, "digest": digest, "compiled": "1"})
+
+
+def test_the_guards_keep_except_base_exception_from_swallowing_the_timeout(
+    r: redis.Redis,
+) -> None:
+    """With the checker off, ``except BaseException: pass`` catches ``Exception`` only.
+
+    The guard rewriter turns the clause into ``except _pyrecks_catch(BaseException):``, so
+    the VM's timeout goes through it and the step ends on time (it is not abandoned).
+    """
+    px = Pyrecks(r)
+    with px.local_vm(echo=False, threads=1, timeout_grace=5.0, isolation="thread") as vm:
+        _install_unchecked(r, vm, compile_guarded("stubborn", STUBBORN, "<kernel stubborn>"))
+        began = time.monotonic()
+        stuck = px.wait(px.start("stubborn()"), timeout=30)
+    assert stuck.error_kind == "timeout", stuck.error
+    assert "abandoned" not in (stuck.error or "")
+    assert time.monotonic() - began < 1.5
+    assert r.get("late") is None
+
+
 def test_a_kernel_that_swallows_the_timeout_is_abandoned_and_the_vm_lives_on(
     r: redis.Redis,
 ) -> None:
-    # Bypass the checker (which forbids bare except): the runtime must still cope.
-    # It ignores KernelTimeout for 2 s, then returns: the VM must have given up on it
-    # by then (grace 0.5 s) and must drop its late return value.
-    source = (
-        "import time\n"
-        "def stubborn():\n"
-        "    end = time.monotonic() + 2.0\n"
-        "    while time.monotonic() < end:\n"
-        "        try:\n"
-        "            while time.monotonic() < end:\n"
-        "                pass\n"
-        "        except BaseException:\n"
-        "            pass\n"
-        '    return \'SET [("late", "1")]\'\n'
-    )
+    """Crafted bytecode *without* the guards ignores KernelTimeout for 2 s, then returns.
+
+    The VM must have given up on it by then (grace 0.5 s) and must drop its late return
+    value; the single worker thread is replaced.
+    """
     raw_kernel(r, "fine", "def fine():\n    return 'return 7'\n")
     px = Pyrecks(r)
-    with px.local_vm(echo=False, threads=1, timeout_grace=0.5) as vm:
-        # Install the kernel straight into the VM's cache and mark the Redis record as
-        # that exact version, so the VM runs it without compiling (and checking) it.
-        vm.loader._install("stubborn", "unchecked", source, (), 0.2, None)
-        r.hset("stubborn", mapping={"source": source, "digest": "unchecked", "compiled": "1"})
+    with px.local_vm(echo=False, threads=1, timeout_grace=0.5, isolation="thread") as vm:
+        _install_unchecked(r, vm, compile(STUBBORN, "<kernel stubborn>", "exec"))
         stuck = px.wait(px.start("stubborn()"), timeout=30)
         after = px.wait(px.start("fine()"), timeout=30)
     assert stuck.status is ChainStatus.FAILED

@@ -5,9 +5,10 @@ helpers.  Before a VM trusts one with data, this pass proves statically what can
 no I/O, no imports outside the policy's allow-list, no reflection escape hatches (dunders,
 frames, ``getattr`` with computed names, module attributes that are other modules), no
 mutation of module-level state, no code at module level beyond constants, an entry function
-that exists, and no ``except:`` that could swallow the VM's timeout.  The VM enforces the same
-:class:`~pyrecks.compiler.policy.Policy` again at run time: a static pass alone can be fooled
-by aliasing (``c = CACHE; c.append(x)``), a run-time guard alone reports too late.
+that exists, and no ``except:`` that could swallow the VM's timeout.  The rules come from the
+rule book (:mod:`pyrecks.compiler.rulebook`); the guard rewriter
+(:mod:`pyrecks.compiler.rewriter`) compiles the same rules into every kernel, because a static
+pass alone can be fooled by values it cannot see, and a run-time guard alone reports too late.
 
 Every rule has a stable code; the families are
 
@@ -20,206 +21,64 @@ write instead.  ``docs/kernels.md`` lists every code with an example and the fix
 
 The visitor has one ``visit_X`` per node kind and each method holds one family of rules, in
 the shape of CPython's ``ast.NodeVisitor`` examples: adding a rule means adding a few lines in
-the method of the node it is about.
+the method of the node it is about.  The pieces it stands on live apart, none importing the
+checker back: :mod:`~pyrecks.compiler.findings` (the result types),
+:mod:`~pyrecks.compiler.astwalk` (the fast walk), :mod:`~pyrecks.compiler.bindings` (name
+resolution: what each name is bound to), :mod:`~pyrecks.compiler.purity` (load-time
+rules, shared with the rewriter), :mod:`~pyrecks.compiler.python2` (PK9xx heuristics) and
+:mod:`~pyrecks.compiler.templates` (return-string template reconstruction).
 """
 
 from __future__ import annotations
 
+import abc
 import ast
+import builtins
 import importlib
 import re
-import string
 import types
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
+from pyrecks.compiler import purity, rulebook
+from pyrecks.compiler.astwalk import CHILD_FIELDS as _CHILD_FIELDS
+from pyrecks.compiler.astwalk import SKIPPED_NODE_CLASSES as _SKIPPED_NODE_CLASSES
+from pyrecks.compiler.astwalk import children as _children
+from pyrecks.compiler.astwalk import walk as _walk
+from pyrecks.compiler.bindings import collect
+from pyrecks.compiler.findings import Analysis as Analysis
+from pyrecks.compiler.findings import Finding as Finding
+from pyrecks.compiler.findings import Severity as Severity
 from pyrecks.compiler.policy import Policy
-from pyrecks.errors import LintError, ReturnStringError
+from pyrecks.compiler.python2 import PY2_METHODS, PY2_NAMES
+from pyrecks.compiler.python2 import syntax_finding as syntax_finding
+from pyrecks.compiler.templates import field_accesses, folded_text, template_pieces
+from pyrecks.compiler.templates import fill as _fill
+from pyrecks.compiler.templates import quote_state as _quote_state  # noqa: F401 (graph.py)
+from pyrecks.compiler.templates import sample as _sample  # noqa: F401 (graph.py)
+from pyrecks.errors import ReturnStringError
 
-Severity = Literal["error", "warning"]
+# The rule data (allowed modules and names, builtins, refused attributes, purity rules) lives
+# in :mod:`pyrecks.compiler.rulebook`; these are the names the rules below use most.
+SAFE_DUNDER_ATTRIBUTES = rulebook.SAFE_DUNDER_ATTRIBUTES
+SAFE_DUNDER_NAMES = rulebook.SAFE_DUNDER_NAMES
+FRAME_ATTRIBUTES = rulebook.FRAME_ATTRIBUTES
+CONTROL_EXCEPTIONS = rulebook.CONTROL_EXCEPTIONS
 
-
-@dataclass(frozen=True)
-class Finding:
-    """One rule violation: ``path:line:column: CODE message``."""
-
-    code: str
-    severity: Severity
-    message: str
-    line: int
-    column: int
-
-    @property
-    def is_error(self) -> bool:
-        return self.severity == "error"
-
-    def to_error(self, text: str = "") -> LintError:
-        """The finding as an exception; ``text`` (the kernel source) enables caret drawing."""
-        return LintError(self.code, self.message, text=text, line=self.line, column=self.column)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "code": self.code,
-            "severity": self.severity,
-            "message": self.message,
-            "line": self.line,
-            "column": self.column,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Finding:
-        return cls(
-            code=str(data["code"]),
-            severity="error" if data.get("severity") == "error" else "warning",
-            message=str(data["message"]),
-            line=int(data["line"]),
-            column=int(data["column"]),
-        )
-
-    def __str__(self) -> str:
-        return f"{self.line}:{self.column}: {self.code} {self.message}"
-
-
-@dataclass
-class Analysis:
-    """Everything one checker pass learned: findings plus what the compiler reuses."""
-
-    findings: list[Finding]
-    tree: ast.Module | None = None
-    entry: ast.FunctionDef | None = None
-    timeout: float | None = None
-    retries: int | None = None
-
-    @property
-    def errors(self) -> list[Finding]:
-        return [f for f in self.findings if f.is_error]
-
-
-# --------------------------------------------------------------------------------------
-# Rule data.  Kept as plain tables so docs/kernels.md and the tests can be checked against
-# them and so a reader sees every decision in one place.
-# --------------------------------------------------------------------------------------
-
-#: Dunder attributes that only name things or call ordinary protocol methods; every other
-#: ``__x__`` attribute (``__class__``, ``__globals__``, ``__dict__``, ``__subclasses__`` …)
-#: leads to interpreter internals and is refused (PK301).
-SAFE_DUNDER_ATTRIBUTES = frozenset({"__init__", "__name__", "__qualname__", "__doc__"})
-
-#: Dunder names a kernel may read: ``if __name__ == "__main__":`` guards and ``__debug__``.
-SAFE_DUNDER_NAMES = frozenset({"__name__", "__debug__", "__doc__"})
-
-#: Frame, code, generator, coroutine and traceback internals, plus their Python 2 spellings.
-#: Explicit names rather than prefixes, so a user's ``self.f_value`` stays legal.
-FRAME_ATTRIBUTES = frozenset(
-    {
-        "f_back", "f_builtins", "f_code", "f_globals", "f_lasti", "f_lineno", "f_locals",
-        "f_trace", "f_trace_lines", "f_trace_opcodes",
-        "gi_code", "gi_frame", "gi_running", "gi_suspended", "gi_yieldfrom",
-        "cr_await", "cr_code", "cr_frame", "cr_origin", "cr_running", "cr_suspended",
-        "ag_await", "ag_code", "ag_frame", "ag_running",
-        "tb_frame", "tb_lasti", "tb_lineno", "tb_next",
-        "co_code", "co_consts", "co_names", "co_varnames", "co_filename", "co_name",
-        "co_firstlineno", "co_lnotab", "co_linetable", "co_freevars", "co_cellvars",
-        "co_flags", "co_qualname", "co_exceptiontable", "co_positions", "co_lines",
-        "func_globals", "func_code", "func_closure", "func_defaults", "func_dict",
-        "im_func", "im_self", "im_class", "mro", "_getframe", "_current_frames",
-    }
-)  # fmt: skip
-
-#: Methods that mutate the container they are called on (lists, dicts, sets, deques).
-MUTATING_METHODS = frozenset(
-    {
-        "add", "append", "appendleft", "clear", "difference_update", "discard", "extend",
-        "extendleft", "insert", "intersection_update", "pop", "popitem", "popleft", "remove",
-        "reverse", "rotate", "setdefault", "sort", "symmetric_difference_update", "update",
-    }
-)  # fmt: skip
-
-#: Functions of allowed modules that mutate the list passed as their first argument.
-MUTATING_FUNCTIONS = frozenset(
-    {
-        "heapq.heappush", "heapq.heappop", "heapq.heapify", "heapq.heapreplace",
-        "heapq.heappushpop", "bisect.insort", "bisect.insort_left", "bisect.insort_right",
-        "random.shuffle",
-    }
-)  # fmt: skip
-
-#: Functions that change state shared by every kernel running in the same VM process.
-MODULE_STATE_FUNCTIONS = {
-    "random.seed": "create your own generator: rng = random.Random(seed); rng.random()",
-    "random.setstate": "create your own generator: rng = random.Random(seed)",
-    "decimal.setcontext": "use 'with decimal.localcontext() as ctx: ctx.prec = …'",
-    "time.tzset": "convert times explicitly with datetime and a fixed timezone",
-}
-
-#: Calls whose result differs from run to run (a re-run step may then differ: warning).
-NONDETERMINISTIC = frozenset(
-    {
-        "time.time", "time.time_ns", "time.monotonic", "time.monotonic_ns",
-        "time.perf_counter", "time.perf_counter_ns", "time.process_time", "time.ctime",
-        "time.localtime", "time.gmtime", "time.asctime", "time.strftime",
-        "datetime.datetime.now", "datetime.datetime.utcnow", "datetime.datetime.today",
-        "datetime.date.today", "uuid.uuid1", "uuid.uuid4", "random.SystemRandom",
-    }
-)  # fmt: skip
-
-#: Names of module-level ``random`` functions that share the process-wide hidden generator.
+#: Names of module-level ``random`` functions that do not share the hidden generator.
 RANDOM_SAFE = frozenset({"Random"})
 
-CONTROL_EXCEPTIONS = frozenset(
-    {"BaseException", "SystemExit", "KeyboardInterrupt", "GeneratorExit"}
+CONFIG_NAMES = ("PYRECKS_TIMEOUT", "PYRECKS_RETRIES")
+
+#: Class factories whose classes carry ``_private`` API of their own (``P._asdict()``).
+#: Builtin names that are classes: ``type(int)`` is ``type`` itself (PK204).
+_BUILTIN_CLASSES = frozenset(
+    name for name in rulebook.ALLOWED_BUILTINS if isinstance(getattr(builtins, name, None), type)
 )
 
-#: How to replace each forbidden builtin.
-BUILTIN_FIXES = {
-    "open": "kernels do no I/O: pass the data in as an argument or an \"@key\" input, and "
-    "write results with a SET effect in the return string",
-    "eval": "kernels cannot run code from strings: write the code in the kernel, or parse "
-    "data with json.loads",
-    "exec": "kernels cannot run code from strings: write the code in the kernel",
-    "compile": "kernels cannot compile code; for regular expressions use re.compile",
-    "__import__": "write an import statement for a module on the allow-list",
-    "globals": "pass values explicitly as arguments or build your own dict",
-    "locals": "pass values explicitly or build your own dict",
-    "vars": "read the attributes you need by name, or use dataclasses.asdict",
-    "input": "kernels are not interactive: pass the value as an argument",
-    "breakpoint": "debug the kernel with pytest outside Redis (see docs/kernels.md)",
-    "help": "read the docs outside the kernel",
-    "memoryview": "use bytes or bytearray",
-    "exit": "return '' to end the chain, or raise an exception to fail it",
-    "quit": "return '' to end the chain, or raise an exception to fail it",
-}
-
-#: Python 2 builtins that no longer exist, with their Python 3 replacement.
-PY2_NAMES = {
-    "xrange": "range(...)",
-    "unicode": "str(...)",
-    "basestring": "str (isinstance(x, str))",
-    "long": "int(...)",
-    "unichr": "chr(...)",
-    "raw_input": "an argument (kernels are not interactive)",
-    "execfile": "an import of an allowed module (kernels cannot run files)",
-    "reduce": "functools.reduce (from functools import reduce)",
-    "cmp": "a key function, or (a > b) - (a < b)",
-    "apply": "f(*args, **kwargs)",
-    "file": "an argument or an \"@key\" input (kernels do no I/O)",
-    "buffer": "bytes(...)",
-    "intern": "a plain str",
-}
-
-PY2_METHODS = {
-    "iteritems": "items()",
-    "iterkeys": "keys()",
-    "itervalues": "values()",
-    "has_key": "'key in d'",
-    "viewitems": "items()",
-    "viewkeys": "keys()",
-    "viewvalues": "values()",
-}
-
-CONFIG_NAMES = ("PYRECKS_TIMEOUT", "PYRECKS_RETRIES")
+_TUPLE_FACTORIES = frozenset({"collections.namedtuple", "typing.NamedTuple"})
+_NAMEDTUPLE_ATTRIBUTES = frozenset({"_asdict", "_replace", "_fields", "_make", "_field_defaults"})
 
 _ATTR_BUILTINS = frozenset({"getattr", "setattr", "delattr"})
 
@@ -251,80 +110,6 @@ def analyse(source: str, name: str, policy: Policy) -> Analysis:
 
 
 # --------------------------------------------------------------------------------------
-# Python 2 and syntax errors (PK9xx)
-# --------------------------------------------------------------------------------------
-
-_PY2_PATTERNS: list[tuple[re.Pattern[str], str]] = [
-    (
-        re.compile(r"^\s*print\s*>>"),
-        "Python 2 'print >>f, x' statement: kernels write output with print(x) (it goes to "
-        "the chain log) and may not write to files",
-    ),
-    (
-        re.compile(r"^\s*print(?:\s+(?![\s=(])|\s*$)"),
-        "Python 2 print statement: in Python 3 print is a function, write {fix}",
-    ),
-    (
-        re.compile(r"\bexcept\s+([^,:]+?)\s*,\s*([A-Za-z_]\w*)\s*:"),
-        "Python 2 'except E, e:' clause: write 'except {g1} as {g2}:'",
-    ),
-    (re.compile(r"`"), "Python 2 backticks: write repr(x) instead of `x`"),
-    (
-        re.compile(r"^\s*exec\s+[\"'\w(]"),
-        "Python 2 exec statement: exec is a function in Python 3, and kernels may not run "
-        "code from strings at all; write the code in the kernel",
-    ),
-    (
-        re.compile(r"(?<![\w.])0([0-7]+)\b"),
-        "Python 2 octal literal: write 0o{g1}",
-    ),
-    (
-        re.compile(r"(?<![\w])[uU][rR](?=[\"'])"),
-        "Python 2 ur'' string prefix: write r'' (every str is unicode in Python 3)",
-    ),
-    (re.compile(r"<>"), "Python 2 '<>' operator: write '!='"),
-    (
-        re.compile(r"^\s*raise\s+([\w.]+)\s*,\s*(.+?)\s*$"),
-        "Python 2 'raise E, msg' statement: write 'raise {g1}({g2})'",
-    ),
-    (re.compile(r"\b(\d+)[lL]\b"), "Python 2 long literal: write {g1} (int has no size limit)"),
-]
-
-
-def syntax_finding(source: str, exc: SyntaxError) -> Finding:
-    """One PK901 finding naming the Python 3 form for Python 2 code, else PK902."""
-    lineno = exc.lineno or 1
-    lines = source.splitlines()
-    text = lines[lineno - 1] if 0 < lineno <= len(lines) else ""
-    for pattern, template in _PY2_PATTERNS:
-        match = pattern.search(text)
-        if match is None:
-            continue
-        groups = {f"g{i}": g for i, g in enumerate(match.groups(), start=1)}
-        fix = ""
-        if "{fix}" in template:
-            rest = text[match.end() :].strip() if match.end() < len(text) else ""
-            if rest.endswith(","):
-                fix = f"print({rest[:-1].rstrip()}, end=' ')"
-            else:
-                fix = f"print({rest})"
-        message = template.format(fix=fix, **groups)
-        return Finding("PK901", "error", message, lineno, match.start() + 1)
-    message = exc.msg
-    if "Missing parentheses in call to 'print'" in message:
-        message = "Python 2 print statement: in Python 3 print is a function, write print(...)"
-        return Finding("PK901", "error", message, lineno, exc.offset or 1)
-    return Finding(
-        "PK902",
-        "error",
-        f"syntax error: {message}; kernels are Python 3 modules (check the line and the one "
-        "before it)",
-        lineno,
-        exc.offset or 1,
-    )
-
-
-# --------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------
 
@@ -346,124 +131,6 @@ def _import(dotted: str) -> Any:
     return _module_cache[dotted]
 
 
-# --------------------------------------------------------------------------------------
-# Fast tree walking.  ``ast.iter_child_nodes`` calls ``getattr`` on every field of every node,
-# including identifiers, constants and the ``Load``/``Store``/operator singletons, through two
-# generators; on a 50-line kernel that was most of the checker's time.  The tables below name,
-# per node class, only the fields that can hold child nodes worth visiting, read once from the
-# class's ASDL signature (``Name(identifier id, expr_context ctx)``).  Walks over these fields
-# meet the same nodes in the same order as ``ast.walk``/``ast.iter_child_nodes``, minus the
-# context and operator singletons, which no rule looks at (``_visitor_table`` refuses a
-# ``visit_X`` method for them, so a future rule cannot silently miss its nodes).
-# --------------------------------------------------------------------------------------
-
-#: ASDL field types that never hold a node a rule visits.
-_LEAF_KINDS = frozenset(
-    {"identifier", "string", "int", "constant", "expr_context", "operator", "boolop",
-     "unaryop", "cmpop"}
-)  # fmt: skip
-
-#: Node classes whose instances the fast walks skip (see ``_LEAF_KINDS``).
-_SKIPPED_NODE_CLASSES: tuple[type, ...] = (
-    ast.expr_context, ast.operator, ast.boolop, ast.unaryop, ast.cmpop
-)
-
-
-def _node_fields(cls: type) -> tuple[str, ...]:
-    """The fields of ``cls`` that may hold child nodes, in ``_fields`` order."""
-    names = tuple(getattr(cls, "_fields", ()))
-    match = re.fullmatch(r"\w+\((.*)\)", (cls.__doc__ or "").strip())
-    if match is None:
-        return names
-    kinds: dict[str, str] = {}
-    for part in match.group(1).split(","):
-        kind, _, fname = part.strip().rpartition(" ")
-        kinds[fname] = kind.rstrip("*?")
-    if set(kinds) != set(names):  # an unexpected signature: visit every field
-        return names
-    return tuple(n for n in names if kinds[n] not in _LEAF_KINDS)
-
-
-def _all_node_classes() -> list[type]:
-    out: list[type] = []
-    stack: list[type] = [ast.AST]
-    while stack:
-        cls = stack.pop()
-        out.append(cls)
-        stack.extend(cls.__subclasses__())
-    return out
-
-
-class _FieldTable(dict[type, tuple[str, ...]]):
-    """Node class -> its child-node fields; computed on first use for unknown classes."""
-
-    def __missing__(self, cls: type) -> tuple[str, ...]:
-        fields = self[cls] = _node_fields(cls)
-        return fields
-
-
-_CHILD_FIELDS = _FieldTable((cls, _node_fields(cls)) for cls in _all_node_classes())
-
-
-def _children(node: ast.AST) -> list[ast.AST]:
-    """Child nodes of ``node`` in ``ast.iter_child_nodes`` order (without the singletons)."""
-    out: list[ast.AST] = []
-    for name in _CHILD_FIELDS[type(node)]:
-        value = getattr(node, name, None)
-        if type(value) is list:
-            out.extend(item for item in value if isinstance(item, ast.AST))
-        elif isinstance(value, ast.AST):
-            out.append(value)
-    return out
-
-
-def _walk(node: ast.AST) -> Iterator[ast.AST]:
-    """``ast.walk`` (breadth first, same order) over the fast child table."""
-    todo = deque([node])
-    while todo:
-        node = todo.popleft()
-        todo.extend(_children(node))
-        yield node
-
-
-def _bound_names(body: Iterable[ast.AST], imports: set[str] | None = None) -> set[str]:
-    """Names bound directly in a scope (not inside nested functions, classes or lambdas).
-
-    A comprehension's loop variables belong to the comprehension (Python 3), not the scope;
-    a ``:=`` inside one does bind in the scope.
-
-    ``imports``, if given, receives the subset bound by import statements.  (The checker
-    computes these sets for every scope in one pass, :meth:`KernelChecker._prepass`; this
-    function is the definition that pass follows.)
-    """
-    names: set[str] = set()
-    stack: list[ast.AST] = list(body)
-    while stack:
-        node = stack.pop()
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            names.add(node.name)
-            continue
-        if isinstance(node, ast.Lambda):
-            continue
-        if isinstance(node, ast.comprehension):  # its target is the comprehension's own
-            stack.append(node.iter)
-            stack.extend(node.ifs)
-            continue
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store | ast.Del):
-            names.add(node.id)
-        elif isinstance(node, ast.alias):
-            if node.name != "*":
-                names.add(node.asname or node.name.split(".")[0])
-                if imports is not None:
-                    imports.add(node.asname or node.name.split(".")[0])
-        elif isinstance(node, ast.ExceptHandler | ast.MatchAs | ast.MatchStar) and node.name:
-            names.add(node.name)
-        elif isinstance(node, ast.MatchMapping) and node.rest:
-            names.add(node.rest)
-        stack.extend(_children(node))
-    return names
-
-
 def _arg_names(args: ast.arguments) -> set[str]:
     every = [*args.posonlyargs, *args.args, *args.kwonlyargs]
     if args.vararg:
@@ -480,13 +147,8 @@ def _root(node: ast.expr) -> ast.expr:
     return node
 
 
-def _is_dunder(name: str) -> bool:
-    return len(name) > 4 and name.startswith("__") and name.endswith("__")
-
-
-def _is_internal_attribute(name: str) -> bool:
-    """Dunder (outside the safe few) or frame/code/generator internals."""
-    return (_is_dunder(name) and name not in SAFE_DUNDER_ATTRIBUTES) or name in FRAME_ATTRIBUTES
+_is_dunder = rulebook.is_dunder
+_is_internal_attribute = rulebook.refused_by_name
 
 
 def _walk_no_nested(nodes: Iterable[ast.AST]) -> Iterator[ast.AST]:
@@ -498,50 +160,6 @@ def _walk_no_nested(nodes: Iterable[ast.AST]) -> Iterator[ast.AST]:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Lambda):
             continue
         stack.extend(_children(node))
-
-
-_PERCENT_SPEC = re.compile(
-    r"%(?:\([^)]*\))?[#0\- +]*(?:\*|\d+)?(?:\.(?:\*|\d+))?[hlL]?([diouxXeEfFgGcrsa%])"
-)
-
-
-def _quote_state(text: str, state: str | None) -> str | None:
-    """Track whether we are inside a quoted string after reading ``text``."""
-    escaped = False
-    for ch in text:
-        if state is not None:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == state:
-                state = None
-        elif ch in "\"'":
-            state = ch
-    return state
-
-
-def _sample(state: str | None, following: str, numeric: bool) -> str:
-    """A sample value for a placeholder, valid in its context of the template."""
-    if state is not None:
-        return "1" if numeric else "x"
-    if following.lstrip().startswith("("):
-        return "f"  # the placeholder names the next kernel
-    return "1" if numeric else '"x"'
-
-
-def _fill(pieces: list[tuple[str, bool | None]]) -> str:
-    """Join literal pieces and placeholders (``(text, None)`` literal, ``(_, numeric)``)."""
-    out: list[str] = []
-    state: str | None = None
-    for index, (text, numeric) in enumerate(pieces):
-        if numeric is None:
-            out.append(text)
-            state = _quote_state(text, state)
-        else:
-            following = next((t for t, n in pieces[index + 1 :] if n is None), "")
-            out.append(_sample(state, following, numeric))
-    return "".join(out)
 
 
 # --------------------------------------------------------------------------------------
@@ -638,7 +256,6 @@ class KernelChecker(ast.NodeVisitor):
         self.aliases: dict[str, str] = {}  # local name -> dotted origin of an import
         self.module_bound: set[str] = set()
         self.module_vars: set[str] = set()  # module-level names that are not imports
-        self.module_functions: set[str] = set()
         self.scopes: list[_Scope] = []
         self.state = _State()
         self._direct_calls: set[int] = set()
@@ -653,6 +270,20 @@ class KernelChecker(ast.NodeVisitor):
         self._module_writes_reported: set[int] = set()
         self._module_writes: set[int] = set()
         self._visitors = _visitor_table(type(self))
+        # Aliases of type/object/BaseException & co (``t = type``), resolved before the rules
+        # apply: name -> the builtins it may stand for.  Filled after the prepass.
+        self._alias_candidates: list[tuple[str, tuple[str, ...]]] = []
+        self.builtin_aliases: dict[str, frozenset[str]] = {}
+        self._type_names: frozenset[str] = frozenset({"type"})
+        #: ``_private`` attribute names the kernel defines (assigns, or defines in a class
+        #: body): the only ``_`` attributes it may read (PK309).
+        self.kernel_attributes: set[str] = set()
+        self.kernel_classes: set[str] = set()
+        self._class_dunder_targets: set[int] = set()
+        #: Locals assigned a library class or function by its dotted name
+        #: (``e = json.JSONEncoder``): writing to their attributes is PK404.
+        self._library_candidates: list[tuple[str, ast.expr]] = []
+        self.library_aliases: dict[str, str] = {}
 
     # -- reporting ---------------------------------------------------------------------
 
@@ -743,125 +374,75 @@ class KernelChecker(ast.NodeVisitor):
             for alias in stmt.names
         }
         self.module_vars = self.module_bound - imported
-        self.module_functions = {
-            s.name for s in tree.body if isinstance(s, ast.FunctionDef | ast.AsyncFunctionDef)
-        }
+        self.kernel_classes = {s.name for s in tree.body if isinstance(s, ast.ClassDef)}
+        self._resolve_aliases()
+        self._type_names = frozenset(
+            {"type"} | {n for n, v in self.builtin_aliases.items() if "type" in v}
+        )
+        for target, value in self._library_candidates:
+            dotted = self._dotted(value)
+            if dotted is not None and not self._is_module(value):
+                self.library_aliases[target] = dotted
+        if self._makes_tuple_classes(tree):
+            self.kernel_attributes |= _NAMEDTUPLE_ATTRIBUTES
         self.visit(tree)
         self._check_entry(tree)
 
     def _prepass(self, tree: ast.Module) -> set[str]:
-        """One breadth-first walk (``ast.walk`` order) that learns what the rules look up.
+        """Name resolution (:func:`pyrecks.compiler.bindings.collect`); returns the names
+        bound at module level and keeps the rest on the checker for the rules."""
+        found = collect(tree, self.policy.allowed_modules, self._value_of)
+        self.aliases.update(found.aliases)
+        self.module_names.update(found.modules)
+        self._scope_names = found.scope_names
+        self._has_yield = found.has_yield
+        self._alias_candidates = found.alias_candidates
+        self._library_candidates = found.library_candidates
+        self.kernel_attributes |= found.kernel_attributes
+        return found.module_bound
 
-        * ``aliases``: every import anywhere in the kernel, later imports overriding earlier
-          ones in walk order, and ``module_names``, those of them that bind a module (PK306:
-          ``import a.b`` binds ``a``, ``import a.b as c`` binds ``c``, ``from a import b``
-          counts when ``a.b`` is a module);
-        * for every function, lambda and class, the names bound in its body and which of
-          them are imports — :func:`_bound_names` of that body, for all scopes at once;
-        * whether the kernel contains ``yield`` at all (the generator rules walk again only
-          then).
+    def _makes_tuple_classes(self, tree: ast.Module) -> bool:
+        """Whether the kernel makes named-tuple classes (their ``_asdict`` & co are its own)."""
+        for stmt in tree.body:
+            if isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Call):
+                if self._dotted(stmt.value.func) in _TUPLE_FACTORIES:
+                    return True
+            elif isinstance(stmt, ast.ClassDef) and any(
+                self._dotted(base) in _TUPLE_FACTORIES for base in stmt.bases
+            ):
+                return True
+        return False
 
-        Returns the names bound at module level (``_bound_names(tree.body)``).
+    def _resolve_aliases(self) -> None:
+        """``t = type``, ``_B = BaseException``, ``E = (ValueError, SystemExit)``: resolve.
+
+        A name assigned anywhere in the kernel from builtins of
+        :data:`~pyrecks.compiler.rulebook.ALIASED_BUILTINS` (or from such aliases) stands for
+        them wherever it is used: over-approximating is safe for refusal rules.
         """
-        aliases = self.aliases
-        modules = self.module_names
-        scope_names = self._scope_names
-        module_names: set[str] = set()
-        fields_of = _CHILD_FIELDS
-        AST, Name, Constant, Store, Del = ast.AST, ast.Name, ast.Constant, ast.Store, ast.Del
-        items: list[Any] | tuple[Any]
-        function_types = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
-        # Queue entries: (node, names of the scope whose body holds it, its import names);
-        # ``None`` outside any scope's body (decorators, defaults, annotations).
-        todo: deque[tuple[ast.AST, set[str] | None, set[str] | None]] = deque()
-        todo.append((tree, None, None))
-        pop = todo.popleft
-        push = todo.append
-        while todo:
-            node, names, imports = pop()
-            cls = type(node)
-            if cls is ast.Import:
-                for alias in node.names:  # type: ignore[attr-defined]
-                    if alias.asname:
-                        aliases[alias.asname] = modules[alias.asname] = alias.name
-                    else:
-                        root = alias.name.split(".")[0]
-                        aliases[root] = modules[root] = root
-            elif cls is ast.ImportFrom:
-                if node.module and not node.level:  # type: ignore[attr-defined]
-                    for alias in node.names:  # type: ignore[attr-defined]
-                        if alias.name != "*":
-                            full = f"{node.module}.{alias.name}"  # type: ignore[attr-defined]
-                            aliases[alias.asname or alias.name] = full
-                            if full in self.policy.allowed_modules or isinstance(
-                                self._value_of(full), types.ModuleType
-                            ):  # ``from collections import abc`` binds a module
-                                modules[alias.asname or alias.name] = full
-            elif cls is ast.Yield or cls is ast.YieldFrom:
-                self._has_yield = True
-            fields = fields_of[cls]
-            if cls in function_types:
-                # A nested scope: its name is bound in the enclosing body (not a lambda's),
-                # its own body starts a new scope, its other parts belong to none.
-                if names is not None and cls is not ast.Lambda:
-                    names.add(node.name)  # type: ignore[attr-defined]
-                own: tuple[set[str], set[str]] = (set(), set())
-                scope_names[node] = own
-                for fname in fields:
-                    value = getattr(node, fname, None)
-                    inner = own if fname == "body" else (None, None)
-                    if type(value) is list:
-                        for item in value:
-                            if isinstance(item, AST):
-                                push((item, inner[0], inner[1]))
-                    elif isinstance(value, AST):
-                        push((value, inner[0], inner[1]))
-                continue
-            if cls is ast.Module:
-                names = module_names
-            elif names is not None:
-                if cls is ast.Name:
-                    if isinstance(node.ctx, ast.Store | ast.Del):  # type: ignore[attr-defined]
-                        names.add(node.id)  # type: ignore[attr-defined]
-                elif cls is ast.alias:
-                    if node.name != "*":  # type: ignore[attr-defined]
-                        bound = node.asname or node.name.split(".")[0]  # type: ignore[attr-defined]
-                        names.add(bound)
-                        if imports is not None:
-                            imports.add(bound)
-                elif cls is ast.ExceptHandler or cls is ast.MatchAs or cls is ast.MatchStar:
-                    if node.name:  # type: ignore[attr-defined]
-                        names.add(node.name)  # type: ignore[attr-defined]
-                elif cls is ast.MatchMapping and node.rest:  # type: ignore[attr-defined]
-                    names.add(node.rest)  # type: ignore[attr-defined]
-                elif cls is ast.comprehension:
-                    # The loop variables are the comprehension's own (the visitor gives it a
-                    # scope); its iterables and conditions bind ':=' names here.
-                    push((node.target, None, None))  # type: ignore[attr-defined]
-                    push((node.iter, names, imports))  # type: ignore[attr-defined]
-                    for cond in node.ifs:  # type: ignore[attr-defined]
-                        push((cond, names, imports))
-                    continue
-            for fname in fields:
-                value = getattr(node, fname, None)
-                if type(value) is list:
-                    items = value
-                elif value is None:
-                    continue
-                else:
-                    items = (value,)
-                for item in items:
-                    # Leaves are handled here rather than queued: they have no children and
-                    # are never imports or yields, so the order of the walk is unchanged.
-                    kind = type(item)
-                    if kind is Name:
-                        if names is not None:
-                            ctx = type(item.ctx)
-                            if ctx is Store or ctx is Del:
-                                names.add(item.id)
-                    elif kind is not Constant and isinstance(item, AST):
-                        push((item, names, imports))
-        return module_names
+        aliases = self.builtin_aliases
+        changed = True
+        while changed:
+            changed = False
+            for target, sources in self._alias_candidates:
+                resolved: set[str] = set()
+                for source in sources:
+                    if source in aliases:
+                        resolved |= aliases[source]
+                    elif source in rulebook.ALIASED_BUILTINS and source not in self.aliases:
+                        resolved.add(source)
+                if resolved and not resolved <= aliases.get(target, frozenset()):
+                    aliases[target] = aliases.get(target, frozenset()) | frozenset(resolved)
+                    changed = True
+
+    def _builtins_of(self, node: ast.expr | None) -> frozenset[str]:
+        """The aliased builtins an expression may stand for (``type`` for ``t = type; t``)."""
+        if isinstance(node, ast.Name):
+            if node.id in self.builtin_aliases:
+                return self.builtin_aliases[node.id]
+            if node.id in rulebook.ALIASED_BUILTINS and self._is_builtin(node.id):
+                return frozenset((node.id,))
+        return frozenset()
 
     # -- dispatch ----------------------------------------------------------------------
     #
@@ -897,123 +478,24 @@ class KernelChecker(ast.NodeVisitor):
     # PK5xx: what may stand at module level ---------------------------------------------
 
     def visit_Module(self, node: ast.Module) -> None:
-        for index, stmt in enumerate(node.body):
-            self._module_statement(stmt, index)
+        """PK501/PK502/PK403/PK406: load-time code, from :mod:`pyrecks.compiler.purity`.
+
+        The guard rewriter refuses the same problems, so they hold with the checker off too.
+        (PK404 writes to module attributes are reported by the mutation rule instead.)
+        """
+        for problem in purity.module_problems(node, self.name):
+            if problem.code != "PK404":
+                self.error(problem.code, problem.node, problem.message)
+        for stmt in node.body:
+            if isinstance(stmt, ast.Assign | ast.AnnAssign | ast.AugAssign):
+                targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+                for target in targets:
+                    for leaf in purity.target_leaves(target):
+                        if isinstance(leaf, ast.Name) and leaf.id.startswith("PYRECKS_"):
+                            self._config(leaf.id, stmt.value, stmt)
             self.visit(stmt)
 
-    def _module_statement(self, stmt: ast.stmt, index: int) -> None:
-        if isinstance(
-            stmt,
-            ast.Import | ast.ImportFrom | ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
-            | ast.Pass,
-        ):
-            return
-        if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant):
-            return  # docstring or a string used as a comment
-        if isinstance(stmt, ast.Assign | ast.AnnAssign | ast.AugAssign):
-            self._module_assignment(stmt)
-            return
-        if isinstance(stmt, ast.If) and self._is_main_guard(stmt.test):
-            return
-        kind = type(stmt).__name__.lower()
-        what = {
-            "expr": "an expression statement (e.g. a call)",
-            "for": "a for loop",
-            "while": "a while loop",
-            "with": "a with block",
-            "try": "a try block",
-            "if": "an if block",
-        }.get(kind, f"a '{kind}' statement")
-        self.error(
-            "PK501",
-            stmt,
-            f"{what} at module level runs when the kernel is loaded, outside the chain: "
-            "kernels may only hold imports, functions, classes, a docstring and constant "
-            f"assignments at module level; move it into {self.name}()",
-        )
-
-    @staticmethod
-    def _is_main_guard(test: ast.expr) -> bool:
-        return (
-            isinstance(test, ast.Compare)
-            and isinstance(test.left, ast.Name)
-            and test.left.id == "__name__"
-            and len(test.comparators) == 1
-            and isinstance(test.comparators[0], ast.Constant)
-            and test.comparators[0].value == "__main__"
-        )
-
-    def _module_assignment(self, stmt: ast.Assign | ast.AnnAssign | ast.AugAssign) -> None:
-        targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
-        value = stmt.value
-        for target in targets:
-            for leaf in self._target_leaves(target):
-                if isinstance(leaf, ast.Name):
-                    if leaf.id.startswith("PYRECKS_"):
-                        self._config(leaf.id, value, stmt)
-                    continue
-                root = _root(leaf)
-                if isinstance(root, ast.Name) and root.id in self.aliases:
-                    continue  # reported as PK404 by the mutation rule
-                self.error(
-                    "PK501",
-                    leaf,
-                    "module-level assignments may only bind plain names (NAME = value); "
-                    "assigning to an attribute or item changes state shared by every run — "
-                    f"build the value inside {self.name}() instead",
-                )
-        if value is None:
-            return
-        if self._is_mutable_container(value):
-            self.warn(
-                "PK403",
-                value,
-                "module-level mutable container: every run of the kernel in a VM shares it, "
-                "so it must never be changed; use a tuple, frozenset or a constant instead, or "
-                "build it inside the function",
-            )
-        for sub in _walk(value):
-            if (
-                isinstance(sub, ast.Call)
-                and isinstance(sub.func, ast.Name)
-                and sub.func.id in self.module_functions
-            ):
-                self.error(
-                    "PK502",
-                    sub,
-                    f"calling the kernel's own function {sub.func.id}() at module level runs "
-                    "code when the kernel is loaded, outside its time limit; compute the value "
-                    f"inside {self.name}() or write the constant",
-                )
-
-    @staticmethod
-    def _target_leaves(target: ast.expr) -> Iterator[ast.expr]:
-        if isinstance(target, ast.Tuple | ast.List):
-            for elt in target.elts:
-                yield from KernelChecker._target_leaves(elt)
-        elif isinstance(target, ast.Starred):
-            yield from KernelChecker._target_leaves(target.value)
-        else:
-            yield target
-
-    def _is_mutable_container(self, value: ast.expr) -> bool:
-        if isinstance(
-            value, ast.List | ast.Dict | ast.Set | ast.ListComp | ast.DictComp | ast.SetComp
-        ):
-            return True
-        if isinstance(value, ast.Call):
-            func = value.func
-            if isinstance(func, ast.Name) and func.id in ("list", "dict", "set", "bytearray"):
-                return self._is_builtin(func.id)
-            dotted = self._dotted(func)
-            return dotted in (
-                "collections.defaultdict",
-                "collections.OrderedDict",
-                "collections.Counter",
-                "collections.deque",
-                "collections.ChainMap",
-            )
-        return False
+    _target_leaves = staticmethod(purity.target_leaves)
 
     def _config(self, name: str, value: ast.expr | None, stmt: ast.stmt) -> None:
         """PK503: PYRECKS_TIMEOUT / PYRECKS_RETRIES must be literal numbers in range."""
@@ -1132,17 +614,37 @@ class KernelChecker(ast.NodeVisitor):
                 f"{module}'s own functions",
             )
             return False
+        if full in rulebook.MODULE_STATE_FUNCTIONS:
+            return True  # PK404 says it, with the fix
+        reason = rulebook.refusal_reason(module, attr)
+        if reason is not None and not isinstance(value, types.ModuleType):
+            self.error(
+                code,
+                node,
+                f"{full} is not available in kernels: {reason}; see the rule book's table "
+                "in docs/kernels.md for what each allowed module offers",
+            )
+            return False
         return True
 
     # PK2xx: names and builtins ---------------------------------------------------------
 
     def visit_Name(self, node: ast.Name) -> None:
         name = node.id
-        if name not in self._watched_names and not name.startswith("__"):
+        if name not in self._watched_names and name[:1] != "_":
             return  # fast path: none of the rules below can apply to this name
+        if name[:2] != "__" and name not in self._watched_names:
+            if name.startswith(rulebook.GUARD_PREFIX):
+                self.error(
+                    "PK202",
+                    node,
+                    f"names starting with {rulebook.GUARD_PREFIX!r} are reserved for the "
+                    "guards the compiler writes into every kernel; rename it",
+                )
+            return  # a ``_private`` name: only the reserved prefix is a rule
         if isinstance(node.ctx, ast.Load):
             if name in self.policy.forbidden_builtins and self._is_builtin(name):
-                fix = BUILTIN_FIXES.get(name, "it is not available in kernels")
+                fix = rulebook.FORBIDDEN_BUILTINS.get(name, "it is not available in kernels")
                 self.error("PK201", node, f"{name}() is forbidden in kernels: {fix}")
                 return
             if name in ("getattr", "setattr", "delattr") and self._is_builtin(name):
@@ -1161,7 +663,11 @@ class KernelChecker(ast.NodeVisitor):
                     f"'{name}' is Python 2 and does not exist in Python 3: use {PY2_NAMES[name]}",
                 )
                 return
-        if _is_dunder(name) and name not in SAFE_DUNDER_NAMES:
+        if (
+            _is_dunder(name)
+            and name not in SAFE_DUNDER_NAMES
+            and id(node) not in self._class_dunder_targets
+        ):
             self.error(
                 "PK202",
                 node,
@@ -1238,6 +744,8 @@ class KernelChecker(ast.NodeVisitor):
                 node,
                 f"'.{attr}' is a Python 2 method: in Python 3 write {PY2_METHODS[attr]}",
             )
+        if attr[:1] == "_" or attr in rulebook.TYPE_DEPENDENT_ATTRIBUTES:
+            self._typed_attribute(node)
         if isinstance(node.value, ast.Name) and node.value.id in self.module_names:
             if isinstance(node.ctx, ast.Load):
                 self._module_reads.add(id(node.value))
@@ -1257,13 +765,57 @@ class KernelChecker(ast.NodeVisitor):
                         node,
                         f"{full} may only be called directly with literal, non-dunder names",
                     )
-        if (
-            isinstance(node.value, ast.Constant)
-            and isinstance(node.value.value, str)
-            and attr in ("format", "format_map")
-        ):
-            self._check_format_template(node.value.value, node.value)
         self.generic_visit(node)
+
+    def _typed_attribute(self, node: ast.Attribute) -> None:
+        """PK309/PK301/PK307: names whose verdict depends on the object (the rule book's
+        type-dependent and private names), judged as far as the text shows the object."""
+        attr, base = node.attr, node.value
+        if self._is_module(base):
+            return  # module attributes: PK303 (_check_module_attribute)
+        if attr == "__init__":
+            if (
+                isinstance(base, ast.Call)
+                and isinstance(base.func, ast.Name)
+                and base.func.id == "super"
+            ) or (
+                isinstance(base, ast.Name)
+                and (base.id in self.kernel_classes or self._dotted(base) is None)
+            ):
+                return  # super().__init__, Base.__init__(self) of a kernel class, self.__init__
+            self.error(
+                "PK301",
+                node,
+                "'.__init__' of a class or object the kernel did not define would "
+                "re-initialise an object every kernel shares; call super().__init__(...) "
+                "from your own class",
+            )
+        elif attr in rulebook.CLASS_REFUSED_ATTRIBUTES:
+            dotted = self._dotted(base)
+            value = self._value_of(dotted) if dotted else _MISSING
+            if isinstance(value, abc.ABCMeta) or (
+                isinstance(base, ast.Name) and base.id in self.kernel_classes
+            ):
+                self.error(
+                    "PK307",
+                    node,
+                    f"'.{attr}': "
+                    + rulebook.CLASS_REFUSED_ATTRIBUTES[attr]
+                    + " (isinstance(x, (dict, MyMapping)) instead of registering)",
+                )
+        elif (
+            attr[:1] == "_"
+            and not _is_dunder(attr)
+            and (rulebook.is_sunder(attr) or attr not in self.kernel_attributes)
+            and attr not in FRAME_ATTRIBUTES
+        ):
+            self.error(
+                "PK309",
+                node,
+                f"'.{attr}' is a private attribute of an object the kernel did not define "
+                "(kernels may read '_' names only on their own objects and classes); use the "
+                "object's public API",
+            )
 
     @staticmethod
     def _dunder_message(attr: str) -> str:
@@ -1281,32 +833,41 @@ class KernelChecker(ast.NodeVisitor):
         return f"dunder attribute '.{attr}' reaches interpreter internals; {fix}"
 
     def _check_format_template(self, template: str, node: ast.AST) -> None:
-        """PK304: a literal str.format template whose fields read dangerous attributes."""
-        for field_name in self._format_fields(template):
-            parts = re.split(r"[.\[]", field_name)[1:]
-            for part in parts:
-                part = part.rstrip("]")
-                if _is_internal_attribute(part):
-                    self.error(
-                        "PK304",
-                        node,
-                        f"format field '{{{field_name}}}' reads the attribute '{part}', which "
-                        "reaches interpreter internals; format plain values: "
-                        "'{}'.format(value)",
-                    )
-                    return
+        """PK304: a template whose fields read attributes the rule book refuses.
 
-    @staticmethod
-    def _format_fields(template: str) -> Iterator[str]:
-        try:
-            parsed = list(string.Formatter().parse(template))
-        except ValueError:
+        Every string literal of the kernel is a possible template (``t = "{0.__class__}"``
+        and ``t.format(x)`` later, or ``getattr(t, "format")``), and so is a concatenation
+        of literals.  At run time the same fields go through the attribute guard.
+        """
+        for field_name, is_attr, part in field_accesses(template):
+            if not is_attr:
+                continue
+            if rulebook.is_plain_attribute(part) or (
+                part[:1] == "_"
+                and part in self.kernel_attributes
+                and not _is_internal_attribute(part)
+            ):
+                continue
+            self.error(
+                "PK304",
+                node,
+                f"format field '{{{field_name}}}' reads the attribute '{part}', which "
+                "the rule book refuses (interpreter internals, private or "
+                "type-dependent names); format plain values: '{}'.format(value)",
+            )
             return
-        for _literal, field_name, spec, _conv in parsed:
-            if field_name:
-                yield field_name
-            if spec:
-                yield from KernelChecker._format_fields(spec)
+
+    def visit_Constant(self, node: ast.Constant) -> None:
+        value = node.value
+        if type(value) is str and "{" in value and ("." in value or "[" in value):
+            self._check_format_template(value, node)
+
+    def visit_BinOp(self, node: ast.BinOp) -> None:
+        if isinstance(node.op, ast.Add) and isinstance(node.left, ast.Constant | ast.BinOp):
+            text = folded_text(node)
+            if text is not None and "{" in text:
+                self._check_format_template(text, node)
+        self.generic_visit(node)
 
     # Calls: PK2xx builtins with arguments, PK4xx state and nondeterminism ---------------
 
@@ -1315,6 +876,32 @@ class KernelChecker(ast.NodeVisitor):
         self._direct_calls.add(id(func))
         if isinstance(func, ast.Name) and self._is_builtin(func.id):
             self._builtin_call(func.id, node)
+        elif isinstance(func, ast.Name) and func.id in self._type_names:
+            self._builtin_call("type", node)
+        type_names = self._type_names  # "type" and its aliases: PK204 looks at these only
+        if (
+            type(func) is ast.Name
+            and func.id in type_names
+            and len(node.args) == 1
+            and "type" in self._builtins_of(func)
+        ):
+            self._type_of(node)
+        if not (type(func) is ast.Name and func.id in ("isinstance", "issubclass")):
+            for arg in node.args if not node.keywords else [
+                *node.args, *(k.value for k in node.keywords)
+            ]:
+                if (
+                    type(arg) is ast.Name
+                    and arg.id in type_names
+                    and "type" in self._builtins_of(arg)
+                ):
+                    self.error(
+                        "PK204",
+                        arg,
+                        "passing type to another function (map(type, ...)) lets it create "
+                        "classes with three arguments; call type(x) directly, or compare with "
+                        "isinstance(x, T)",
+                    )
         dotted = self._dotted(func)
         if dotted is not None:
             self._module_call(dotted, node)
@@ -1326,6 +913,10 @@ class KernelChecker(ast.NodeVisitor):
         if name in ("getattr", "setattr", "delattr"):
             if len(node.args) >= 2:
                 self._literal_attribute(name, node.args[1], node)
+                if name != "getattr" and isinstance(node.args[1], ast.Constant):
+                    # setattr(obj, "x", v) is obj.x = v: the same mutation rules
+                    written = ast.Attribute(node.args[0], str(node.args[1].value), ast.Store())
+                    self._mutation(written, node, via=f"{name}()")
             elif node.keywords:
                 self.error("PK203", node, f"call {name}(obj, 'name') with positional arguments")
         elif name == "type" and len(node.args) == 3:
@@ -1352,6 +943,30 @@ class KernelChecker(ast.NodeVisitor):
                 "re-run step may compute something else; use hashlib for stable digests",
             )
 
+    def _type_of(self, node: ast.Call) -> None:
+        """PK204: ``type(x)`` of a library object or of a class hands out a class to call.
+
+        ``type(operator.attrgetter("real"))("__globals__")`` built an attribute reader for
+        any name; ``type(int)`` is ``type`` itself.  Kernels compare types with isinstance.
+        """
+        arg = node.args[0]
+        library = isinstance(arg, ast.Call) and (
+            self._dotted(arg.func) is not None or "type" in self._builtins_of(arg.func)
+        )
+        a_class = isinstance(arg, ast.Name) and (
+            arg.id in self.kernel_classes
+            or isinstance(self._value_of(self._dotted(arg) or ""), type)
+            or (self._is_builtin(arg.id) and arg.id in _BUILTIN_CLASSES)
+        )
+        if library or a_class:
+            self.error(
+                "PK204",
+                node,
+                "type() of a library object or of a class hands out a class the kernel could "
+                "call with names of its choosing (type(operator.attrgetter('x'))('__globals__'))"
+                "; compare types with isinstance(x, T) instead",
+            )
+
     def _literal_attribute(self, func: str, arg: ast.expr, node: ast.AST) -> None:
         if not (isinstance(arg, ast.Constant) and isinstance(arg.value, str)):
             self.error(
@@ -1371,27 +986,38 @@ class KernelChecker(ast.NodeVisitor):
                     "kernels may not read dunder or frame attributes",
                 )
                 return
+            if part in rulebook.TYPE_DEPENDENT_ATTRIBUTES or (
+                part[:1] == "_" and part not in self.kernel_attributes
+            ):
+                self.error(
+                    "PK203",
+                    node,
+                    f"{func}() with the name '{part}' hides a guarded or private attribute "
+                    f"behind a string; write obj.{part.lstrip('_') or part}(...) directly "
+                    "(format templates are checked where they are written)",
+                )
+                return
 
     def _module_call(self, dotted: str, node: ast.Call) -> None:
-        if dotted in MODULE_STATE_FUNCTIONS:
+        if dotted in rulebook.MODULE_STATE_FUNCTIONS:
             self.error(
                 "PK404",
                 node,
                 f"{dotted}() changes state shared by every kernel in the VM process; "
-                + MODULE_STATE_FUNCTIONS[dotted],
+                + rulebook.MODULE_STATE_FUNCTIONS[dotted],
             )
         elif dotted in ("operator.attrgetter", "operator.methodcaller"):
             names = node.args if dotted == "operator.attrgetter" else node.args[:1]
             for arg in names:
                 self._literal_attribute(dotted, arg, node)
-        elif dotted in MUTATING_FUNCTIONS and node.args:
+        elif dotted in rulebook.MUTATING_FUNCTIONS and node.args:
             self._mutation(node.args[0], node, via=f"{dotted}()")
         if self.policy.warn_nondeterminism:
             module, _, attr = dotted.rpartition(".")
             random_call = module == "random" and attr not in RANDOM_SAFE and attr != "shuffle"
             if random_call and attr == "Random" and node.args:
                 random_call = False
-            if dotted in NONDETERMINISTIC or random_call or (
+            if dotted in rulebook.NONDETERMINISTIC or random_call or (
                 dotted == "random.Random" and not node.args
             ):
                 self.warn(
@@ -1403,7 +1029,7 @@ class KernelChecker(ast.NodeVisitor):
                 )
 
     def _method_call(self, func: ast.Attribute, node: ast.Call) -> None:
-        if func.attr in MUTATING_METHODS and not self._is_module(func.value):
+        if func.attr in rulebook.MUTATING_METHODS and not self._is_module(func.value):
             # (``operator.add(a, b)`` calls a module function; it mutates nothing)
             self._mutation(func.value, node, via=f".{func.attr}()")
         if func.attr in ("format", "format_map"):
@@ -1412,8 +1038,7 @@ class KernelChecker(ast.NodeVisitor):
             if isinstance(receiver, ast.Name) and receiver.id == "str" and self._is_builtin("str"):
                 template = node.args[0] if node.args else None
             if isinstance(template, ast.Constant) and isinstance(template.value, str):
-                if template is not receiver:
-                    self._check_format_template(template.value, template)
+                pass  # literal templates: visit_Constant (PK304)
             elif template is not None and not (
                 isinstance(receiver, ast.Name) and receiver.id in self.aliases
             ):
@@ -1433,6 +1058,15 @@ class KernelChecker(ast.NodeVisitor):
         if not isinstance(root, ast.Name):
             return
         name = root.id
+        if target is not root and name in self.library_aliases and self._is_local(name):
+            self.error(
+                "PK404",
+                node,
+                f"changing {self.library_aliases[name]} through '{name}' ({via}) changes a "
+                "library object every kernel in the VM process shares; keep your values in "
+                "your own objects",
+            )
+            return
         if name in self.aliases and name not in self.module_vars and not self._shadowed(name):
             # (an import inside the function is local to it but still the shared module)
             if target is not root:
@@ -1523,7 +1157,7 @@ class KernelChecker(ast.NodeVisitor):
     # PK5xx: functions, classes, exceptions, async --------------------------------------
 
     def _visit_function(self, node: ast.FunctionDef | ast.Lambda) -> None:
-        bound, imports = self._scope_names[node]  # _bound_names(body), from the prepass
+        bound, imports = self._scope_names[node]  # names bound in the body (prepass)
         names = _arg_names(node.args) | bound
         self.scopes.append(_Scope(names, frozenset(imports)))
         self.state.functions.append(node)
@@ -1629,25 +1263,77 @@ class KernelChecker(ast.NodeVisitor):
                     f"class {node.name}: a class body may only hold methods, a docstring and "
                     "attribute assignments; move the statement into a method",
                 )
-            elif (
-                isinstance(stmt, ast.Assign | ast.AnnAssign)
-                and stmt.value is not None
-                and self._is_mutable_container(stmt.value)
-            ):
-                self.warn(
-                    "PK403",
-                    stmt.value,
-                    "mutable class attribute: every instance and every run shares it; "
-                    "create it in __init__ or use a tuple/frozenset",
+            elif isinstance(stmt, ast.FunctionDef) and stmt.name in rulebook.CLASS_HOOKS:
+                self.error(
+                    "PK532",
+                    stmt,
+                    f"class {node.name}: {stmt.name} runs at times the VM does not control "
+                    "(__del__ outside any time limit) or changes other classes; kernels may "
+                    "not define class hooks: do the work in an ordinary method",
                 )
+            elif isinstance(stmt, ast.Assign | ast.AnnAssign):
+                for target in stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]:
+                    if isinstance(target, ast.Name) and _is_dunder(target.id):
+                        # ``__slots__ = (...)``, ``__hash__ = None``: the class's own protocol
+                        self._class_dunder_targets.add(id(target))
+                    if isinstance(target, ast.Name) and target.id in rulebook.CLASS_HOOKS:
+                        self.error(
+                            "PK532",
+                            stmt,
+                            f"class {node.name}: setting {target.id} installs a class hook; "
+                            "kernels may not define class hooks",
+                        )
+                    elif isinstance(target, ast.Name) and target.id == "__match_args__":
+                        self._match_args(node, stmt.value)
         self.state.in_class += 1
-        # _bound_names(body)
         self.scopes.append(_Scope(set(self._scope_names[node][0]), is_class=True))
         try:
             self.generic_visit(node)
         finally:
             self.scopes.pop()
             self.state.in_class -= 1
+
+    def _match_args(self, cls: ast.ClassDef, value: ast.expr | None) -> None:
+        """PK308: ``__match_args__`` names attributes that class patterns read unguarded."""
+        elts = value.elts if isinstance(value, ast.Tuple | ast.List) else None
+        names = [e.value for e in elts or () if isinstance(e, ast.Constant)]
+        if elts is None or len(names) != len(elts) or not all(isinstance(n, str) for n in names):
+            self.error(
+                "PK308",
+                value or cls,
+                f"class {cls.name}: __match_args__ must be a tuple of literal attribute names",
+            )
+            return
+        for name in names:
+            if _is_internal_attribute(str(name)) or name in rulebook.TYPE_DEPENDENT_ATTRIBUTES:
+                self.error(
+                    "PK308",
+                    value or cls,
+                    f"class {cls.name}: __match_args__ names {name!r}, which class patterns "
+                    "would read without a guard; list your own public attributes",
+                )
+
+    def visit_MatchClass(self, node: ast.MatchClass) -> None:
+        """PK308: ``case C(k=p)`` reads ``subject.k`` with no ``.k`` in the source.
+
+        Keyword sub-patterns may name attributes every object may show (public, not frame
+        internals, not type-dependent) or ``_private`` attributes of the kernel's own classes.
+        """
+        cls = node.cls
+        own = isinstance(cls, ast.Name) and cls.id in self.kernel_classes
+        for attr in node.kwd_attrs:
+            if rulebook.is_plain_attribute(attr):
+                continue
+            if own and attr[:1] == "_" and not _is_internal_attribute(attr):
+                continue
+            self.error(
+                "PK308",
+                node,
+                f"the class pattern reads the attribute {attr!r} of the subject, which the "
+                "rule book refuses (dunder, frame, type-dependent or another's private "
+                "attribute); match on values, or on your own classes' public attributes",
+            )
+        self.generic_visit(node)
 
     def visit_ExceptHandler(self, node: ast.ExceptHandler) -> None:
         caught = self._caught_names(node.type)
@@ -1671,8 +1357,8 @@ class KernelChecker(ast.NodeVisitor):
                 )
         self.generic_visit(node)
 
-    @staticmethod
-    def _caught_names(node: ast.expr | None) -> set[str]:
+    def _caught_names(self, node: ast.expr | None) -> set[str]:
+        """The exception names a handler catches, aliases resolved (``_B = BaseException``)."""
         if node is None:
             return set()
         elts = node.elts if isinstance(node, ast.Tuple) else [node]
@@ -1680,6 +1366,7 @@ class KernelChecker(ast.NodeVisitor):
         for elt in elts:
             if isinstance(elt, ast.Name):
                 out.add(elt.id)
+                out |= self.builtin_aliases.get(elt.id, frozenset())
             elif isinstance(elt, ast.Attribute):
                 out.add(elt.attr)
         return out
@@ -1755,56 +1442,8 @@ class KernelChecker(ast.NodeVisitor):
             self._grammar_check(_fill(pieces), value, literal=False)
 
     def _template(self, value: ast.expr) -> list[tuple[str, bool | None]] | None:
-        """Literal pieces and placeholders of a %-format, f-string or str.format template."""
-        if (
-            isinstance(value, ast.BinOp)
-            and isinstance(value.op, ast.Mod)
-            and isinstance(value.left, ast.Constant)
-            and isinstance(value.left.value, str)
-        ):
-            template = value.left.value
-            pieces: list[tuple[str, bool | None]] = []
-            pos = 0
-            for match in _PERCENT_SPEC.finditer(template):
-                pieces.append((template[pos : match.start()], None))
-                if match.group(1) == "%":
-                    pieces.append(("%", None))
-                else:
-                    pieces.append(("", match.group(1) not in "rsac"))
-                pos = match.end()
-            pieces.append((template[pos:], None))
-            return pieces
-        if isinstance(value, ast.JoinedStr):
-            pieces = []
-            for part in value.values:
-                if isinstance(part, ast.Constant) and isinstance(part.value, str):
-                    pieces.append((part.value, None))
-                else:
-                    spec = getattr(part, "format_spec", None)
-                    numeric = spec is not None and isinstance(spec, ast.JoinedStr) and any(
-                        isinstance(v, ast.Constant) and str(v.value)[-1:] in "dfeg%"
-                        for v in spec.values
-                    )
-                    pieces.append(("", numeric))
-            return pieces
-        if (
-            isinstance(value, ast.Call)
-            and isinstance(value.func, ast.Attribute)
-            and value.func.attr == "format"
-            and isinstance(value.func.value, ast.Constant)
-            and isinstance(value.func.value.value, str)
-        ):
-            try:
-                parsed = list(string.Formatter().parse(value.func.value.value))
-            except ValueError:
-                return None
-            pieces = []
-            for literal, field_name, spec, _conv in parsed:
-                pieces.append((literal, None))
-                if field_name is not None:
-                    pieces.append(("", bool(spec) and (spec or "")[-1:] in "dfeg%"))
-            return pieces
-        return None
+        """Literal pieces and placeholders of a return-string template (see templates.py)."""
+        return template_pieces(value)
 
     def _grammar_check(self, text: str, node: ast.expr, *, literal: bool) -> None:
         parse = _grammar()

@@ -1,4 +1,4 @@
-"""Kernel source -> checked, compiled, serialisable :class:`CompiledKernel`.
+"""Kernel source -> checked, guarded, compiled, serialisable :class:`CompiledKernel`.
 
 Compilation happens once, on the machine that runs ``pyrecksc compile`` (or in the VM on a
 seed-style kernel's first use); every VM then loads the marshalled code object in one round
@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from pyrecks.compiler.checker import Finding, analyse
 from pyrecks.compiler.policy import Policy
+from pyrecks.compiler.rewriter import SandboxViolation, rewrite
 from pyrecks.errors import KernelRejected, LintError
 
 MAGIC = importlib.util.MAGIC_NUMBER.hex()
@@ -108,9 +109,13 @@ def kernel_filename(name: str) -> str:
 
 
 def compile_kernel(name: str, source: str, policy: Policy | None = None) -> CompiledKernel:
-    """Check and compile one kernel; raise :class:`KernelRejected` listing every error.
+    """Check, rewrite and compile one kernel; raise :class:`KernelRejected` listing every error.
 
-    The AST the checker built is compiled directly, so the source is parsed once.
+    The AST the checker built is rewritten with the run-time guards
+    (:mod:`pyrecks.compiler.rewriter`) and compiled directly, so the source is parsed once.
+    ``code``/``bytecode`` of the result are that *guarded* code: what is stored in Redis and
+    what the VM runs.  A kernel the checker accepts but the rewriter refuses (a rule only
+    the rewriter knows) is rejected with code PK299.
     """
     return _compile_kernel(name, source, policy or Policy())
 
@@ -124,7 +129,13 @@ def _compile_kernel(name: str, source: str, policy: Policy) -> CompiledKernel:
             f"kernel {name!r} was rejected: {count} error{'s' if count != 1 else ''}",
             [f.to_error(source) for f in errors],
         )
-    code = compile(result.tree, kernel_filename(name), "exec", dont_inherit=True)
+    try:
+        tree = rewrite(result.tree, name, checked=True)
+    except SandboxViolation as exc:
+        raise KernelRejected(
+            f"kernel {name!r} was rejected: {exc}", [LintError("PK299", str(exc), text=source)]
+        ) from None
+    code = compile(tree, kernel_filename(name), "exec", dont_inherit=True)
     return CompiledKernel(
         name=name,
         source=source,

@@ -13,7 +13,6 @@ setting with ``redis-cli`` (``HSET pyrecks:policy default_timeout 10``) as well 
 
 from __future__ import annotations
 
-import builtins
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -21,86 +20,22 @@ from typing import Any
 
 import redis
 
+from pyrecks.compiler import rulebook
 from pyrecks.errors import PyrecksError
 from pyrecks.keys import Keyspace
 
-#: Pure, in-memory standard modules.  Left out on purpose:
-#: ``typing`` — ``typing.get_type_hints`` / ``ForwardRef`` evaluate strings (an ``eval``);
-#: it is allowed nonetheless because annotations need it, with those names forbidden below.
-#: ``inspect``, ``types``, ``sys``, ``os``, ``io``, ``pickle``, ``marshal``, ``ctypes``,
-#: ``importlib``, ``threading``, ``socket``, ``subprocess``, ``pathlib``, ``shutil`` — I/O,
-#: process state or reflection.  Submodules must be listed on their own (``collections.abc``).
-DEFAULT_ALLOWED_MODULES: frozenset[str] = frozenset(
-    {
-        "base64",
-        "binascii",
-        "bisect",
-        "cmath",
-        "collections",
-        "collections.abc",
-        "copy",
-        "dataclasses",
-        "datetime",
-        "decimal",
-        "enum",
-        "fractions",
-        "functools",
-        "hashlib",
-        "heapq",
-        "itertools",
-        "json",
-        "math",
-        "operator",
-        "random",
-        "re",
-        "statistics",
-        "string",
-        "textwrap",
-        "time",
-        "typing",
-        "unicodedata",
-        "uuid",
-        "zlib",
-        "pyrecks.kernel",
-    }
-)
+#: The policy's defaults come from the rule book (:mod:`pyrecks.compiler.rulebook`), which
+#: says per module which names kernels may use.  An operator may allow more modules (their
+#: public names are then allowed wholesale) or forbid more builtins and attributes.
+DEFAULT_ALLOWED_MODULES: frozenset[str] = frozenset(rulebook.MODULES)
 
 #: Builtins a kernel may not name at all: I/O, code execution, scope reflection, interactive
-#: helpers.  ``getattr``/``setattr``/``delattr`` are not here: they are allowed with a literal,
-#: non-dunder attribute name and refused otherwise (rule PK203).
-DEFAULT_FORBIDDEN_BUILTINS: frozenset[str] = frozenset(
-    {
-        "__import__",
-        "breakpoint",
-        "compile",
-        "copyright",
-        "credits",
-        "eval",
-        "exec",
-        "exit",
-        "globals",
-        "help",
-        "input",
-        "license",
-        "locals",
-        "memoryview",
-        "open",
-        "quit",
-        "vars",
-    }
-)
+#: helpers (PK201).
+DEFAULT_FORBIDDEN_BUILTINS: frozenset[str] = frozenset(rulebook.FORBIDDEN_BUILTINS)
 
-#: ``module.attribute`` names that are unsafe although their module is allowed.
-DEFAULT_FORBIDDEN_ATTRIBUTES: frozenset[str] = frozenset(
-    {
-        "typing.get_type_hints",  # evaluates annotation strings: an eval
-        "typing.ForwardRef",  # ForwardRef(...)._evaluate is an eval
-        "string.Formatter",  # Formatter().format("{0.__globals__}", f) reads any attribute
-        "uuid.getnode",  # may run ifconfig/ip in a subprocess to find the MAC address
-        "uuid.uuid1",  # calls getnode()
-        "dataclasses.make_dataclass",  # builds code from strings with exec
-    }
-)
+#: ``module.attribute`` names refused although their module is allowed, with the rule book's
+#: reasons (they evaluate strings, read attributes by name, do I/O or change shared state).
+DEFAULT_FORBIDDEN_ATTRIBUTES: frozenset[str] = frozenset(rulebook.REFUSED_MODULE_NAMES)
 
 
 @dataclass(frozen=True)
@@ -140,21 +75,6 @@ class Policy:
     def module_allowed(self, dotted: str) -> bool:
         """Whether ``import dotted`` is allowed (exact name; submodules are listed apart)."""
         return dotted in self.allowed_modules
-
-    def kernel_builtins(self) -> dict[str, Any]:
-        """The ``__builtins__`` mapping a VM should give kernels: Python's minus the forbidden.
-
-        Kept here so the VM's run-time namespace and the checker's static rule come from the
-        same list.  ``getattr``/``setattr``/``delattr`` stay: the VM wraps them if it wants a
-        run-time guard for dunder names.  ``__import__`` is left out: ``import`` statements
-        need one, so the VM adds a guarded ``__import__`` that only admits
-        :attr:`allowed_modules`.
-        """
-        return {
-            name: value
-            for name, value in vars(builtins).items()
-            if name not in self.forbidden_builtins and not name.startswith("__")
-        } | {"__build_class__": builtins.__build_class__, "__name__": "builtins"}
 
     # -- serialisation ------------------------------------------------------------------
 

@@ -148,8 +148,22 @@ return {t}
 
 
 def looks_like_kernel(source: str, name: str) -> bool:
-    """Whether a plain string value is plausibly kernel ``name``'s source (``def name(``)."""
+    """Whether a plain string value is plausibly kernel ``name``'s source (``def name(``).
+
+    The rule: some line starts (after spaces or tabs) with ``def``, the name and ``(``.
+    :data:`LUA_LOOKS_LIKE_KERNEL` is the same rule for scripts (tests/test_compiler_store_rule.py
+    runs both over the same values), so the store and the effect guard agree on what a kernel is.
+    """
     return re.search(rf"(?m)^[ \t]*def[ \t]+{re.escape(name)}[ \t]*\(", source) is not None
+
+
+#: :func:`looks_like_kernel` as a Lua expression for Redis scripts, over the Lua locals
+#: ``value`` (the string) and ``name`` (the kernel name; punctuation is escaped for Lua's
+#: patterns).  Use it as ``if <LUA_LOOKS_LIKE_KERNEL> then ... end``.
+LUA_LOOKS_LIKE_KERNEL = (
+    "(string.find('\\n' .. value, '\\n[ \\t]*def[ \\t]+' .. "
+    "string.gsub(name, '%p', '%%%0') .. '[ \\t]*%(') ~= nil)"
+)
 
 
 @dataclass(frozen=True)
