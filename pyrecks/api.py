@@ -31,12 +31,24 @@ from pyrecks.compiler.render import render_call
 from pyrecks.connection import connect as connect_redis
 from pyrecks.errors import ChainNotFound, PyrecksError
 from pyrecks.keys import Keyspace
+from pyrecks.vm.chainstore import ChainStore
 from pyrecks.vm.machine import VM, VMConfig, parse_start_call
 from pyrecks.vm.records import ChainInfo, ChainStatus, LogEntry
 from pyrecks.vm.registry import VMInfo, list_vms
-from pyrecks.vm.scripts import Scripts
 
-__all__ = ["ChainInfo", "ChainStatus", "LogEntry", "Pyrecks", "connect"]
+__all__ = ["ChainExists", "ChainInfo", "ChainStatus", "LogEntry", "Pyrecks", "connect"]
+
+
+class ChainExists(PyrecksError):
+    """``start(..., exist_ok=False)`` with an id that already names a chain."""
+
+    def __init__(self, chain_id: str, status: str, call: str) -> None:
+        super().__init__(
+            f"chain {chain_id!r} already exists ({status}, call {call}); nothing was started"
+        )
+        self.chain_id = chain_id
+        self.status = status
+        self.call = call
 
 
 def _valid_chain_id(chain_id: str) -> str:
@@ -54,7 +66,7 @@ class Pyrecks:
     def __init__(self, r: redis.Redis, keyspace: Keyspace | None = None) -> None:
         self.r = r
         self.keyspace = keyspace or Keyspace()
-        self._scripts = Scripts(r)
+        self.store = ChainStore(r, self.keyspace)
 
     # -- kernels ----------------------------------------------------------------------------
 
@@ -70,20 +82,20 @@ class Pyrecks:
 
     # -- chains -----------------------------------------------------------------------------
 
-    def start(self, call: str | Call, *, chain_id: str | None = None) -> str:
+    def start(self, call: str | Call, *, chain_id: str | None = None, exist_ok: bool = True) -> str:
         """Queue a chain and return its id at once; a VM runs it.
 
         ``call`` is a call such as ``'func0("start ...")'``, a bare kernel name (``start``)
         or a :class:`Call`.  With ``chain_id`` the start is idempotent: a second start with
-        the same id returns the id without starting another chain.
+        the same id returns the id without starting another chain — or, with
+        ``exist_ok=False``, raises :class:`ChainExists` (what ``pyrecks run --id`` does, so
+        that nobody mistakes an old run for the one they asked for).
         """
         first = call if isinstance(call, Call) else parse_start_call(call)
         cid = _valid_chain_id(chain_id) if chain_id else uuid.uuid4().hex[:16]
-        ks = self.keyspace
-        self._scripts.create(
-            keys=[ks.chain(cid), ks.chains, ks.starts],
-            args=[cid, render_call(first), repr(time.time()), "1", "queued", "", "", "0"],
-        )
+        reply = self.store.create(cid, render_call(first), repr(time.time()), enqueue=True).run()
+        if reply.status == "exists" and not exist_ok:
+            raise ChainExists(cid, reply.text(0), reply.text(1))
         return cid
 
     def status(self, chain_id: str) -> ChainInfo:
@@ -202,20 +214,15 @@ class Pyrecks:
         Returns True if this call cancelled it, False if it had already ended.  A step that
         is running finishes, but its commit is refused: nothing of it lands.
         """
-        ks = self.keyspace
         info = self.status(chain_id)
         branches = int(info.raw.get("branches") or 0)
         for i in range(branches):
             with contextlib.suppress(ChainNotFound):
                 self.cancel(f"{chain_id}.{i}")
-        got = self._scripts.cancel(
-            keys=[ks.chain(chain_id), ks.log(chain_id)],
-            args=[repr(time.time()), "cancelled by user", str(7 * 24 * 3600), "10000"],
-        )
-        outcome = got.decode() if isinstance(got, bytes) else str(got)
-        if outcome == "missing":
+        reply = self.store.cancel(chain_id, repr(time.time()), "cancelled by user").run()
+        if reply.status == "missing":
             raise ChainNotFound(f"no chain {chain_id!r}")
-        return outcome == "ok"
+        return reply.ok
 
     def retry(self, chain_id: str) -> bool:
         """Put a failed chain back in the queue at the step that failed.
@@ -234,13 +241,7 @@ class Pyrecks:
                 with contextlib.suppress(ChainNotFound):
                     retried = self.retry(f"{chain_id}.{i}") or retried
             return retried
-        ks = self.keyspace
-        parent = info.parent or ""
-        got = self._scripts.retry(
-            keys=[ks.chain(chain_id), ks.log(chain_id), ks.starts, ks.failed],
-            args=[repr(time.time()), chain_id, ks.chain(parent) if parent else "", parent],
-        )
-        return (got.decode() if isinstance(got, bytes) else str(got)) == "ok"
+        return self.store.retry(chain_id, info.parent, repr(time.time())).run().ok
 
     def failed(self, limit: int = 50) -> list[ChainInfo]:
         """The most recently failed chains (from the failed set), newest first."""

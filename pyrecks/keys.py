@@ -50,6 +50,12 @@ class Keyspace:
         return f"{self.namespace}:starts"
 
     @property
+    def resumes(self) -> str:
+        """Stream of chains to continue (handed back on drain, given back, a fan-out's
+        branches and join): VMs read it before ``starts``, so older work goes first."""
+        return f"{self.namespace}:resume"
+
+    @property
     def chains(self) -> str:
         """Sorted set of root chain ids scored by creation time (for ``pyrecks ls``)."""
         return f"{self.namespace}:chains"
@@ -63,9 +69,10 @@ class Keyspace:
         """Exists while VM ``name`` is alive: its heartbeat, which expires after the lease."""
         return f"{self.namespace}:vm:{name}"
 
-    @property
-    def vm_prefix(self) -> str:
-        return f"{self.namespace}:vm:"
+    def vm_asks(self, name: str) -> str:
+        """Set of chain ids other VMs found owned by VM ``name`` while it lives: it releases
+        any of them it does not run (Redis may remember an owner the VM forgot)."""
+        return f"{self.namespace}:vm-asks:{name}"
 
     @property
     def failed(self) -> str:
@@ -74,7 +81,7 @@ class Keyspace:
 
     def _tagged(self, kind: str, chain_id: str) -> str:
         root = root_of(chain_id)
-        return f"{self.namespace}:{kind}:{{{root}}}{chain_id[len(root):]}"
+        return f"{self.namespace}:{kind}:{{{root}}}{chain_id[len(root) :]}"
 
     def chain(self, chain_id: str) -> str:
         """Hash: the chain record (status, step, current call, owner, timings, error)."""

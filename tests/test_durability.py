@@ -158,3 +158,73 @@ def test_pure_steps_skipped_by_checkpointing_are_rerun_after_a_crash(
         again.kill()
     assert all(i.status is ChainStatus.DONE for i in infos)
     assert [int(v or 0) for v in r.mget([f"m:{i}" for i in range(20)])] == [80] * 20
+
+
+def _wait_for_first_beat(r: redis.Redis, name: str) -> None:
+    """Block until VM ``name`` wrote its record in ``pyrecks:vms`` (keyspace events)."""
+    r.config_set("notify-keyspace-events", "Kh")
+    pubsub = r.pubsub()
+    pubsub.subscribe("__keyspace@0__:pyrecks:vms")
+    try:
+        for _ in range(120):
+            if r.hexists("pyrecks:vms", name):
+                return
+            pubsub.get_message(timeout=0.5)
+        raise TimeoutError(f"VM {name} never beat")
+    finally:
+        pubsub.close()
+
+
+def _blocked_readers(r: redis.Redis) -> int:
+    return sum(1 for c in r.client_list() if c.get("cmd") == "xreadgroup" and "b" in c["flags"])
+
+
+def test_a_zombie_woken_with_a_start_in_hand_does_not_strand_its_chain(
+    r: redis.Redis, redis_url: str
+) -> None:
+    """VM A is stopped while blocked in XREADGROUP and the read hands it a start; VM B takes
+    the entry over after A's lease; A wakes, its claim says "skip", and A used to XACK B's
+    pending entry — when B then died nothing was pending and the chain stayed stranded
+    (issue 11, why 2)."""
+    from pyrecks.keys import Keyspace
+    from pyrecks.vm.chainstore import GROUP
+
+    ks = Keyspace()
+    raw_kernel(
+        r,
+        "spin",
+        "import time\ndef spin(n: int):\n    time.sleep(0.05)\n"
+        "    return 'spin(%d)' % (n - 1) if n else 'return 0'\n",
+    )
+    px = Pyrecks(r)
+    zombie = VMProcess(redis_url, "zombie", threads=1, lease=1.0)
+    rescuer = None
+    try:
+        _wait_for_first_beat(r, "zombie")
+        for _ in range(200):  # stop A while Redis holds its read blocked (block_ms 500)
+            zombie.pause()
+            if _blocked_readers(r):
+                chain = px.start("spin(60)")
+                break
+            zombie.resume()
+            px.r.ping()
+        else:
+            pytest.fail("the VM never blocked in XREADGROUP")
+        (held,) = r.xpending_range(ks.starts, GROUP, "-", "+", 10)
+        assert held["consumer"] == b"zombie"  # delivered to the stopped VM
+        rescuer = VMProcess(redis_url, "rescuer", threads=1, lease=1.0)
+        wait_for_expiry(r, ks.vm("zombie"))
+        _progress_past(px, chain, 2)  # the rescuer took the entry over and runs the chain
+        assert px.status(chain).owner == "rescuer"
+        zombie.resume()  # wakes with the start in hand: claim says skip; it must not ack
+        _progress_past(px, chain, px.status(chain).step + 2)
+        assert [p["consumer"] for p in r.xpending_range(ks.starts, GROUP, "-", "+", 10)] == [
+            b"rescuer"
+        ]
+        rescuer.kill()  # … and the zombie, alive again, must take the chain over
+        assert px.wait(chain, timeout=60).status is ChainStatus.DONE
+    finally:
+        zombie.resume()
+        zombie.kill()
+        if rescuer is not None:
+            rescuer.kill()

@@ -26,8 +26,8 @@ def test_concurrent_commits_are_batched_and_every_effect_lands_once(r: redis.Red
     assert [int(v) for v in r.mget([f"b:{i}" for i in range(64)])] == [20] * 64
     # While more than a few chains run, commits go through the group committer (the last
     # few chains pipeline their own); some round trips must have carried several commits.
-    assert vm.committer.commits > 64 * 10
-    assert vm.committer.batches < vm.committer.commits
+    assert vm.committer.group.commits > 64 * 10
+    assert vm.committer.group.batches < vm.committer.group.commits
 
 
 def test_a_refused_commit_in_a_batch_fails_only_its_own_chain(r: redis.Redis) -> None:

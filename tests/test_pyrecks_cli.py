@@ -184,3 +184,61 @@ def test_run_json_gives_the_result_as_text_and_as_a_json_value(redis_url: str, r
     record = json.loads(done.stdout)
     assert record["result"] == '{"n": [1, 2]}'
     assert record["result_value"] == {"n": [1, 2]}
+
+
+def test_run_with_an_existing_id_says_so_and_starts_nothing(seeded: redis.Redis) -> None:
+    url = seeded.connection_pool.connection_kwargs
+    env = {"REDIS_URL": f"redis://{url['host']}:{url['port']}/{url.get('db', 0)}"}
+    first = pyrecks("run", 'func0("one")', "--id", "order-1", env=env)
+    assert first.returncode == 0, first.stderr
+    queued = seeded.xlen("pyrecks:starts")
+    second = pyrecks("run", 'func0("two")', "--id", "order-1", "--wait", env=env)
+    assert second.returncode == 1
+    assert "chain 'order-1' already exists" in second.stderr
+    assert 'func0("one")' in second.stderr
+    assert "chain order-1 started" not in second.stderr
+    assert seeded.xlen("pyrecks:starts") == queued  # nothing new queued
+    assert seeded.hget("pyrecks:chain:{order-1}", "call") == b'func0("one")'
+
+
+def _wait_for_key(r: redis.Redis, key: str, process: subprocess.Popen[str]) -> None:
+    """Block until ``key`` is written (keyspace notifications, no polling sleeps)."""
+    r.config_set("notify-keyspace-events", "K$h")
+    pubsub = r.pubsub()
+    pubsub.subscribe(f"__keyspace@0__:{key}")
+    try:
+        for _ in range(120):
+            if r.exists(key):
+                return
+            pubsub.get_message(timeout=0.5)
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        raise TimeoutError(f"{key} was never written")
+    finally:
+        pubsub.close()
+
+
+def test_a_vm_started_with_sigint_ignored_still_drains_on_sigint(
+    seeded: redis.Redis, redis_url: str
+) -> None:
+    """``nohup``, ``&`` in a script and some CI wrappers start children with SIGINT
+    ignored; Python then installs no Ctrl-C handler and the VM never drained."""
+    import signal
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pyrecks", "vm", "--name", "nohup-vm", "--quiet"],
+        env={**os.environ, "REDIS_URL": redis_url},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        _wait_for_key(seeded, "pyrecks:vms", process)  # its first full heartbeat
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0, process.stderr.read() if process.stderr else ""
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    record = json.loads(seeded.hget("pyrecks:vms", "nohup-vm") or b"{}")
+    assert record["state"] == "stopped"

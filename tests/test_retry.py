@@ -87,7 +87,9 @@ def test_pyrecks_retry_and_vms_commands(r: redis.Redis, redis_url: str) -> None:
         assert "retry-vm" in listed.stdout and "running" in listed.stdout
         raw_kernel(r, "flaky", "def flaky(n: int):\n    return ''\n")
         retried = subprocess.run(
-            [sys.executable, "-m", "pyrecks", "retry", chain], capture_output=True, text=True,
+            [sys.executable, "-m", "pyrecks", "retry", chain],
+            capture_output=True,
+            text=True,
             env=env,
         )
         assert retried.returncode == 0, retried.stderr
@@ -118,3 +120,22 @@ def test_retrying_a_chain_started_with_an_invalid_call_fails_it_again_cleanly(
     assert again.error_kind == "return_string"
     assert "stored call is invalid" in (again.error or "")
     assert again.call == "not valid("
+
+
+def test_a_retry_backoff_holds_no_worker_thread(r: redis.Redis) -> None:
+    """Two always-failing kernels with long backoffs used to sleep on a 2-thread VM's
+    threads and starve every other chain (issue 11, why 9)."""
+    raw_kernel(r, "doomed", "PYRECKS_RETRIES = 100\ndef doomed(n: int):\n    return str(n // 0)\n")
+    raw_kernel(r, "quick", "def quick(n: int):\n    return 'return %d' % n\n")
+    px = Pyrecks(r)
+    with px.local_vm(echo=False, threads=2, retry_backoff=60.0, isolation="thread"):
+        doomed = [px.start(f"doomed({i})") for i in range(2)]
+        for chain in doomed:  # both have failed once and wait out their first backoff
+            for entry in px.logs(chain, follow=True):
+                if entry.kind == "retry":
+                    break
+        assert px.wait(px.start("quick(7)"), timeout=20).status is ChainStatus.DONE
+    # The drain handed the waiting chains back at their step, attempts and all.
+    for chain in doomed:
+        info = px.status(chain)
+        assert info.status is ChainStatus.QUEUED and info.step == 0

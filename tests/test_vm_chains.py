@@ -118,6 +118,26 @@ def test_hot_patch_reaches_a_chain_whose_steps_never_ask_redis(r: redis.Redis) -
     assert px.result(chain) >= 3
 
 
+def test_hot_patch_by_hset_of_the_source_alone_reaches_running_chains(r: redis.Redis) -> None:
+    """docs/kernels.md allows ``HSET name source …``: the record keeps its old digest, so
+    freshness must compare the source too, or VMs keep running the old code (issue 11,
+    why 6)."""
+    px = Pyrecks(r)
+    px.store_kernel("loop", LOOP_V1)
+    with px.local_vm(echo=False) as vm:
+        chain = px.start("loop(0)")
+        for entry in px.logs(chain, follow=True):
+            if entry.step >= 3:
+                break
+        assert vm.watch.trusted("loop") is not None
+        r.hset("loop", "source", LOOP_V2)
+        info = px.wait(chain, timeout=30)
+        assert info.status is ChainStatus.DONE
+        # A chain started afterwards on the same VM runs the new source at once.
+        assert px.wait(px.start("loop(7)"), timeout=30).status is ChainStatus.DONE
+    assert px.result(chain) >= 3
+
+
 def test_pure_steps_are_checkpointed_in_batches_and_still_fully_logged(r: redis.Redis) -> None:
     raw_kernel(r, "count_down", "def count_down(n: int):\n    print(n)\n    return 'count_down(%d)' % (n - 1) if n else 'return 0'\n")
     px = Pyrecks(r)
@@ -128,3 +148,30 @@ def test_pure_steps_are_checkpointed_in_batches_and_still_fully_logged(r: redis.
     entries = list(px.logs(info.id))
     assert [e.text for e in entries if e.kind == "out"] == [str(n) for n in range(25, -1, -1)]
     assert [e.step for e in entries if e.kind == "step"] == list(range(1, 27))
+
+
+def test_drained_chains_resume_before_newer_starts(r: redis.Redis) -> None:
+    """A chain handed back by a drain used to go to the back of the starts stream and wait
+    behind every start queued meanwhile (72 s behind 800 starts; issue 11, why 10)."""
+    raw_kernel(
+        r,
+        "spin",
+        "import time\ndef spin(n: int):\n    time.sleep(0.02)\n"
+        "    return 'spin(%d)' % (n - 1) if n else 'return 0'\n",
+    )
+    raw_kernel(r, "quick", "def quick(n: int):\n    return 'return %d' % n\n")
+    px = Pyrecks(r)
+    fast = {"echo": False, "threads": 1, "isolation": "thread"}
+    first = px.vm(name="drained", **fast).start()
+    drained = px.start("spin(30)")
+    for entry in px.logs(drained, follow=True):
+        if entry.step >= 2:
+            break
+    newer = [px.start(f"quick({i})") for i in range(20)]  # queued while it runs
+    first.stop()
+    assert px.status(drained).status is ChainStatus.QUEUED
+    with px.local_vm(name="successor", **fast):
+        infos = [px.wait(c, timeout=30) for c in [drained, *newer]]
+    assert all(i.status is ChainStatus.DONE for i in infos)
+    finished = infos[0].finished or 0.0
+    assert all((i.started or 0.0) >= finished for i in infos[1:])

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from pyrecks import __version__
-from pyrecks.api import Pyrecks, connect
+from pyrecks.api import ChainExists, Pyrecks, connect
 from pyrecks.cli.common import PyrecksGroup, fail, redis_option
 from pyrecks.connection import EmbeddedServer
 from pyrecks.vm.machine import ISOLATION_MODES
@@ -114,7 +114,13 @@ def run(
     Prints the chain id at once and returns, unless --wait, --follow or --local.
     """
     px = _px(redis_url)
-    cid = px.start(call, chain_id=chain_id)
+    try:
+        # An explicit --id that names an existing chain starts nothing: showing the old
+        # run as if it were this one would mislead (it may have run another call).
+        cid = px.start(call, chain_id=chain_id, exist_ok=chain_id is None)
+    except ChainExists as exc:
+        fail(f"{exc}; see 'pyrecks status {exc.chain_id}', or choose another --id")
+        return
     if not (wait or follow or local):
         click.echo(json.dumps({"chain": cid}) if as_json else cid)
         return
@@ -209,7 +215,10 @@ def vm(
         err=True,
     )
     # SIGTERM (systemd, docker stop, kill) drains like Ctrl-C instead of dropping work.
+    # SIGINT too, set explicitly: a VM started with SIGINT ignored (nohup, '&' in a script,
+    # some CI wrappers) inherits SIG_IGN, and Python then installs no Ctrl-C handler.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     machine.run_forever()
 
 
@@ -300,12 +309,15 @@ def vms(as_json: bool, redis_url: str | None) -> None:
         click.echo("no VMs have run against this Redis")
         return
     now = time.time()
-    click.echo(f"{'VM':<36} {'STATE':<8} {'LOAD':>7}  {'ISOLATION':<9} {'BEAT':>7}  HOST:PID")
+    click.echo(
+        f"{'VM':<36} {'STATE':<8} {'LOAD':>7}  {'ISOLATION':<9} {'BEAT':>7}  "
+        f"{'POLICY':<12}  HOST:PID"
+    )
     for v in infos:
         load = f"{v.active}/{v.threads}"
         click.echo(
             f"{v.name:<36} {v.state:<8} {load:>7}  {v.isolation:<9} "
-            f"{now - v.beat:>6.1f}s  {v.host}:{v.pid}"
+            f"{now - v.beat:>6.1f}s  {v.policy or '?':<12}  {v.host}:{v.pid}"
         )
 
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import redis
 
+from pyrecks.vm.chainstore import run_script
+
 
 @dataclass
 class _Request:
@@ -91,7 +93,7 @@ class GroupCommitter:
         try:
             if len(batch) == 1:
                 (only,) = batch
-                only.result = only.script(keys=only.keys, args=only.args, client=client)
+                only.result = run_script(only.script, only.keys, only.args, client)
                 return
             pipe = client.pipeline(transaction=False)
             for request in batch:
@@ -102,11 +104,9 @@ class GroupCommitter:
                 results = [redis.exceptions.NoScriptError("NOSCRIPT")] * len(batch)
             for request, result in zip(batch, results, strict=True):
                 if isinstance(result, redis.exceptions.NoScriptError):
-                    # Redis restarted and lost its script cache: run this one by itself,
-                    # which re-loads the script.
-                    request.result = request.script(
-                        keys=request.keys, args=request.args, client=client
-                    )
+                    # Redis restarted or flushed its script cache: run this one by itself,
+                    # with its own script (EVAL, so a second flush cannot strike).
+                    request.result = run_script(request.script, request.keys, request.args, client)
                 elif isinstance(result, BaseException):
                     request.error = result
                 else:

@@ -2,7 +2,7 @@
 
 A chain record is a Redis hash (``Keyspace.chain``); its log is a Redis stream
 (``Keyspace.log``).  This module only *reads* them and names their fields: every write
-happens inside the Lua scripts of :mod:`pyrecks.vm.scripts`, where it can be fenced.
+happens inside the Lua scripts of :mod:`pyrecks.vm.chainstore`, where it can be fenced.
 """
 
 from __future__ import annotations

@@ -33,6 +33,8 @@ class VMInfo:
     started: float
     beat: float
     state: str
+    #: Which stored policy the VM runs under (a short digest, "default" if none is stored).
+    policy: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -90,10 +92,12 @@ def beat(
     isolation: str,
     started: float,
     state: str = "running",
+    extra: dict[str, Any] | None = None,
 ) -> None:
-    """Write one heartbeat (``r`` may be a pipeline)."""
+    """Write one heartbeat (``r`` may be a pipeline); ``extra`` adds record fields."""
     record = json.dumps(
         {
+            **(extra or {}),
             "name": name,
             "host": socket.gethostname(),
             "pid": os.getpid(),
@@ -138,6 +142,7 @@ def list_vms(r: redis.Redis, keyspace: Keyspace) -> list[VMInfo]:
                 state=data.get("state", "running")
                 if alive.get(name)
                 else ("stopped" if data.get("state") == "stopped" else "dead"),
+                policy=str(data.get("policy", "")),
             )
         )
     return sorted(out, key=lambda v: (not v.alive, -v.beat))

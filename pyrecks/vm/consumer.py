@@ -1,0 +1,364 @@
+"""The stream consumer: which start entries this VM holds, and for how long.
+
+Entries of the starts stream reach a VM three ways: read as new (``XREADGROUP >``), left
+pending under its own name by a previous life (read at start), or taken over from a VM
+whose heartbeat expired (``XAUTOCLAIM`` after the lease).  The consumer reads only as many
+as the VM has idle workers, hands them to the workers through a queue, keeps the entries of
+running chains fresh while the VM beats, acknowledges an entry when its chain leaves the
+VM — only if the VM still holds it, checked inside the ACK script, since a VM that was
+stopped past its lease no longer does — and hands entries back on drain.
+
+The heartbeat also answers other VMs' questions: a takeover that finds a chain owned by a
+living VM asks that VM (``pyrecks:vm-asks:<name>``); a VM asked about a chain it does not
+run gives it back (DISOWN, fenced on owner and epoch) within one heartbeat.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from pyrecks.vm.chainrun import REDIS_DOWN, ChainRun, RedisAccess, Roster, now, text
+from pyrecks.vm.chainstore import GROUP, ChainStore
+from pyrecks.vm.config import VMConfig
+from pyrecks.vm.registry import beat
+
+log = logging.getLogger("pyrecks.vm")
+
+#: (stream, entry id, entry fields, taken over from another consumer)
+Entry = tuple[str, str, dict[str, str], bool]
+
+
+class StreamConsumer:
+    """Reads, holds, keeps fresh, acknowledges and hands back start entries."""
+
+    def __init__(
+        self,
+        store: ChainStore,
+        access: RedisAccess,
+        config: VMConfig,
+        roster: Roster,
+        *,
+        started: float,
+        record: Callable[[], dict[str, Any]] = dict,
+    ) -> None:
+        self.store = store
+        self.access = access
+        self.config = config
+        self.roster = roster
+        self.name = config.name
+        self.started = started
+        #: Extra fields of this VM's heartbeat record (what ``pyrecks vms`` shows).
+        self.record = record
+        #: Entries to begin, and chains back from a retry's backoff (see VM._park).
+        self.work: queue.Queue[Entry | ChainRun | None] = queue.Queue()
+        self.idle = threading.Semaphore(0)
+        self.asked: list[str] = []  # chains given back after a question (tests read it)
+        self._next_housekeeping = time.monotonic() + self.config.housekeeping_every
+
+    @property
+    def stopping(self) -> threading.Event:
+        return self.access.stopping
+
+    @property
+    def keyspace(self) -> Any:
+        return self.store.keyspace
+
+    @property
+    def streams(self) -> tuple[str, str]:
+        """Where entries come from, in the order they are served: chains to continue
+        (drained, given back, fan-out) before new starts."""
+        return (self.keyspace.resumes, self.keyspace.starts)
+
+    # -- start-up ---------------------------------------------------------------------------
+
+    def ensure_group(self) -> None:
+        for stream in self.streams:
+            try:
+                self.access.r.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    def queue_own_pending(self) -> None:
+        """Entries this VM name left pending (a restart after a crash) resume first."""
+        for stream in self.streams:
+            got: Any = self.access.r.xreadgroup(GROUP, self.name, {stream: "0"})
+            for _stream, entries in got or []:
+                for entry_id, fields in entries:
+                    decoded = {text(k): text(v) for k, v in (fields or {}).items()}
+                    self.work.put((stream, text(entry_id), decoded, True))
+
+    # -- heartbeat --------------------------------------------------------------------------
+
+    def beat(self, state: str = "running") -> None:
+        """One heartbeat: our liveness key and record, our entries' idle time reset."""
+        pipe = self.access.r.pipeline(transaction=False)
+        beat(
+            pipe,
+            self.keyspace,
+            self.name,
+            lease=self.config.lease,
+            threads=self.config.threads,
+            active=len(self.roster),
+            isolation=self.config.isolation,
+            started=self.started,
+            state=state,
+            extra=self.record(),
+        )
+        held: dict[str, list[Any]] = {}
+        for stream, entry_id in self.roster.entries():
+            held.setdefault(stream, []).append(entry_id)
+        for stream, entries in held.items():
+            # Reset the idle time of our entries: they are not up for takeover.
+            pipe.xclaim(stream, GROUP, self.name, 0, entries, justid=True)
+        pipe.execute()
+        if state == "running":
+            self.answer_asks()
+            if time.monotonic() >= self._next_housekeeping:
+                self._next_housekeeping = time.monotonic() + self.config.housekeeping_every
+                self.housekeep()
+
+    def answer_asks(self) -> list[str]:
+        """Give back chains other VMs found under our name that we do not run.
+
+        Redis can remember an owner the VM forgot (it lost the last second of its AOF, or a
+        claim's reply never came back): every takeover then answers "alive" and the chain
+        would wait for this VM's restart.  The owner's epoch is read first and DISOWN is
+        fenced on it, so a claim of ours racing with the answer keeps its chain.
+        """
+        asks = self.keyspace.vm_asks(self.name)
+        pipe = self.access.r.pipeline(transaction=True)
+        pipe.smembers(asks)
+        pipe.delete(asks)
+        members, _ = pipe.execute()
+        given: list[str] = []
+        for chain_id in sorted(text(m) for m in members):
+            if self.roster.holds(chain_id):
+                continue
+            owner, epoch, status = (
+                text(v) if v is not None else ""
+                for v in self.access.r.hmget(
+                    self.keyspace.chain(chain_id), "owner", "epoch", "status"
+                )
+            )
+            if status != "running" or owner != self.name or self.roster.holds(chain_id):
+                continue
+            if self.store.disown(chain_id, self.name, epoch, now()).run().ok:
+                self.access.say(f"[{chain_id}] given back: Redis had us as its owner")
+                given.append(chain_id)
+        self.asked += given
+        return given
+
+    # -- housekeeping -----------------------------------------------------------------------
+
+    def housekeep(self) -> dict[str, int]:
+        """Trim what nobody needs any more; return how much of each went.
+
+        * start and resume entries delivered, acknowledged and older than
+          ``stream_retention`` (never a pending entry: a takeover needs it);
+        * consumers of VMs that no longer beat and hold nothing, and their ``pyrecks vms``
+          records once older than the retention of finished chains;
+        * ids in ``pyrecks:chains`` and ``pyrecks:failed`` whose records expired.
+
+        Every VM may run it at the same time: each step is idempotent.
+        """
+        r = self.access.r
+        ks = self.keyspace
+        wall = time.time()
+        done = {"entries": 0, "consumers": 0, "vms": 0, "ids": 0}
+        for stream in self.streams:
+            done["entries"] += self._trim(stream, wall)
+            for consumer in r.xinfo_consumers(stream, GROUP):
+                name = text(consumer["name"])
+                # Holding nothing and not beating: gone (a VM that is merely slow gets its
+                # consumer back at its next read).
+                if (
+                    int(consumer.get("pending", 0)) == 0
+                    and name != self.name
+                    and not r.exists(ks.vm(name))
+                ):
+                    r.xgroup_delconsumer(stream, GROUP, name)  # answers its pending count: 0
+                    done["consumers"] += 1
+        records: Any = r.hgetall(ks.vms) or {}
+        for raw_name, raw in records.items():
+            vm_name = text(raw_name)
+            try:
+                last = float(json.loads(raw).get("beat", 0.0))
+            except (ValueError, AttributeError):
+                last = 0.0
+            if wall - last > self.config.retention and not r.exists(ks.vm(vm_name)):
+                done["vms"] += int(r.hdel(ks.vms, vm_name))
+        for index in (ks.chains, ks.failed):
+            old: Any = r.zrangebyscore(index, "-inf", wall - self.config.retention, 0, 500)
+            if not old:
+                continue
+            pipe = r.pipeline(transaction=False)
+            for chain_id in old:
+                pipe.exists(ks.chain(text(chain_id)))
+            gone = [c for c, alive in zip(old, pipe.execute(), strict=True) if not alive]
+            if gone:
+                done["ids"] += int(r.zrem(index, *gone))
+        return done
+
+    def _trim(self, stream: str, wall: float) -> int:
+        """Trim ``stream`` below its oldest entry that is pending, undelivered or recent."""
+        r = self.access.r
+        groups = [g for g in r.xinfo_groups(stream) if text(g["name"]) == GROUP]
+        if not groups:
+            return 0
+        keep = [
+            text(groups[0]["last-delivered-id"]),
+            f"{int((wall - self.config.stream_retention) * 1000)}-0",
+        ]
+        summary: Any = r.xpending(stream, GROUP)
+        if summary and summary.get("pending"):
+            keep.append(text(summary["min"]))
+        floor = min(keep, key=lambda i: tuple(int(p) for p in i.split("-")))
+        if floor in ("0-0", ""):
+            return 0
+        return int(r.xtrim(stream, minid=floor, approximate=False))
+
+    def heartbeat_loop(self, on_beat: Callable[[], object] | None = None) -> None:
+        """Beat every lease/3; ``on_beat`` runs first (the VM re-reads its policy there)."""
+        interval = max(self.config.lease / 3, 0.05)
+        while not self.stopping.wait(interval):
+            try:
+                if on_beat is not None:
+                    on_beat()
+                self.beat()
+            except REDIS_DOWN as exc:
+                self.access.say(f"heartbeat failed ({exc}); retrying")
+            except Exception:  # a bad policy, say: keep beating, say why
+                log.exception("pyrecks VM: heartbeat step failed")
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def reclaim(self, count: int) -> list[Entry]:
+        """Take up to ``count`` entries idle longer than the lease (their VM stopped beating)."""
+        out: list[Entry] = []
+        for stream in self.streams:
+            if len(out) >= count:
+                break
+            got: Any = self.access.r.xautoclaim(
+                stream,
+                GROUP,
+                self.name,
+                min_idle_time=int(self.config.lease * 1000),
+                start_id="0-0",
+                count=count - len(out),
+            )
+            out += [
+                (stream, text(entry_id), {text(k): text(v) for k, v in fields.items()}, True)
+                for entry_id, fields in (got[1] if got else [])
+                if fields is not None  # an entry trimmed from the stream
+            ]
+        return out
+
+    def read(self, count: int, block_ms: int | None) -> list[Entry]:
+        """Up to ``count`` new entries, resume stream first.
+
+        One blocking read waits on both streams, but Redis then answers up to ``count``
+        entries *per stream*: what is beyond ``count`` is handed back at once (to the resume
+        stream, so it keeps its place before newer starts).
+        """
+        got: Any = self.access.r.xreadgroup(
+            GROUP, self.name, {self.keyspace.resumes: ">"}, count=count
+        )
+        if not got and block_ms is not None:
+            got = self.access.r.xreadgroup(
+                GROUP,
+                self.name,
+                dict.fromkeys(self.streams, ">"),
+                count=count,
+                block=block_ms,
+            )
+        items: list[Entry] = []
+        for stream in self.streams:  # resume first, whatever order Redis answered in
+            for name, entries in got or []:
+                if text(name) != stream:
+                    continue
+                for entry_id, fields in entries:
+                    decoded = {text(k): text(v) for k, v in (fields or {}).items()}
+                    items.append((stream, text(entry_id), decoded, False))
+        self.hand_back(items[count:])
+        return items[:count]
+
+    def read_loop(self) -> None:
+        backoff = 0.05
+        last_reclaim = 0.0
+        while not self.stopping.is_set():
+            # Only take as many entries as there are idle workers: an entry we hold but do
+            # not run would wait in our pending list for nothing.
+            if not self.idle.acquire(timeout=self.config.block_ms / 1000):
+                continue
+            free = 1
+            while self.idle.acquire(blocking=False):
+                free += 1
+            items: list[Entry] = []
+            try:
+                if time.monotonic() - last_reclaim > self.config.lease / 2:
+                    last_reclaim = time.monotonic()
+                    items += self.reclaim(free)
+                if len(items) < free:
+                    items += self.read(free - len(items), self.config.block_ms)
+                backoff = 0.05
+            except redis.ResponseError as exc:
+                if "NOGROUP" in str(exc):  # the stream was deleted (or Redis lost it)
+                    self.ensure_group()
+                else:
+                    self.access.say(f"reading the starts stream failed: {exc}")
+            except REDIS_DOWN as exc:
+                self.access.say(f"redis unavailable ({exc}); retrying in {backoff:.2f}s")
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+            if self.stopping.is_set():
+                self.hand_back(items)  # read while stopping: nobody here will run them
+                return
+            for item in items:
+                self.work.put(item)
+            for _ in range(free - len(items)):
+                self.idle.release()
+
+    def next(self) -> Entry | ChainRun | None:
+        """A worker's next entry (None: stop); the worker counts as idle until it comes."""
+        self.idle.release()
+        return self.work.get()
+
+    def leftovers(self) -> list[Entry | ChainRun]:
+        """Entries queued but never begun, and chains back from a backoff (at stop)."""
+        out: list[Entry | ChainRun] = []
+        while not self.work.empty():
+            item = self.work.get_nowait()
+            if item is not None:
+                out.append(item)
+        return out
+
+    # -- letting go -------------------------------------------------------------------------
+
+    def ack(self, stream: str, entry_id: str) -> None:
+        """Acknowledge ``entry_id`` if we still hold it (see the ACK script)."""
+        invocation = self.store.ack(stream, self.name, [entry_id])
+        self.access.retrying(lambda: invocation.run(self.access.client()))
+
+    def hand_back(self, items: list[Entry]) -> None:
+        """Give entries we hold back to the group: a fresh copy, then ack the original.
+
+        A consumer cannot un-read an entry; left pending, it would wait a whole lease for a
+        takeover.  Copies are safe: an entry only names a chain, and claiming checks status.
+        Copies go to the resume stream, ahead of newer starts.
+        """
+        by_stream: dict[str, list[str]] = {}
+        for stream, entry_id, _fields, _reclaimed in items:
+            by_stream.setdefault(stream, []).append(entry_id)
+        for stream, entry_ids in by_stream.items():
+            with contextlib.suppress(*REDIS_DOWN):
+                self.store.hand_back(stream, self.name, entry_ids).run()

@@ -1,0 +1,68 @@
+"""Who holds a chain: entries a VM acknowledges, and owners Redis remembers but VMs forgot."""
+
+from __future__ import annotations
+
+import threading
+
+import redis
+
+from pyrecks.api import Pyrecks
+from pyrecks.keys import Keyspace
+from pyrecks.vm.chainrun import RedisAccess, Roster
+from pyrecks.vm.chainstore import GROUP, ChainStore
+from pyrecks.vm.config import VMConfig
+from pyrecks.vm.consumer import StreamConsumer
+from pyrecks.vm.records import ChainStatus
+from tests.vm_helpers import raw_kernel
+
+KS = Keyspace()
+
+
+def test_a_zombie_vm_does_not_acknowledge_an_entry_taken_over_from_it(r: redis.Redis) -> None:
+    """VM A read a start, was stopped past its lease, and B took the entry over.  When A
+    wakes its claim says "skip"; its ack must leave B's pending entry alone, or the chain
+    would be stranded for good when B dies (issue 11, why 2)."""
+    store = ChainStore(r, KS)
+    consumer = StreamConsumer(
+        store,
+        RedisAccess(r, threading.Event(), lambda line: None),
+        VMConfig(name="vm-a", echo=False),
+        Roster(),
+        started=0.0,
+    )
+    consumer.ensure_group()
+    entry = r.xadd(KS.starts, {"chain": "c"}).decode()
+    r.xreadgroup(GROUP, "vm-a", {KS.starts: ">"})
+    r.xautoclaim(KS.starts, GROUP, "vm-b", min_idle_time=0, start_id="0-0")
+    consumer.ack(KS.starts, entry)
+    pending = r.xpending_range(KS.starts, GROUP, "-", "+", 10)
+    assert [(p["message_id"].decode(), p["consumer"].decode()) for p in pending] == [
+        (entry, "vm-b")
+    ]
+
+
+def test_a_vm_gives_back_within_a_heartbeat_a_chain_redis_says_it_owns(
+    r: redis.Redis,
+) -> None:
+    """After Redis lost the last second of its AOF, a living VM is the recorded owner of a
+    chain it does not run: every takeover answered "alive" and the chain waited for that
+    VM's restart (issue 11, why 4)."""
+    raw_kernel(r, "inc", "def inc(n: int):\n    return 'return %d' % (n + 1)\n")
+    px = Pyrecks(r)
+    store = ChainStore(r, KS)
+    fast = {"echo": False, "threads": 1, "isolation": "thread"}
+    with px.local_vm(name="forgetful", lease=1.5, **fast) as owner:
+        # What Redis remembers: the chain runs under "forgetful", and its start entry is
+        # pending under a consumer that will never come back (read in one transaction with
+        # the add, so that no living VM reads it first).
+        store.create("c", "inc(1)", "1.0", enqueue=False).run()
+        r.hset(KS.chain("c"), mapping={"status": "running", "owner": "forgetful", "epoch": "1"})
+        pipe = r.pipeline(transaction=True)
+        pipe.xadd(KS.starts, {"chain": "c"})
+        pipe.xreadgroup(GROUP, "ghost", {KS.starts: ">"})
+        pipe.execute()
+        with px.local_vm(name="helper", lease=0.5, **fast):
+            info = px.wait("c", timeout=20)
+        assert owner.consumer.asked == ["c"]
+    assert info.status is ChainStatus.DONE
+    assert px.result("c") == 2
