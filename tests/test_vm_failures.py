@@ -107,3 +107,25 @@ def test_cancel_stops_a_running_chain(px: Pyrecks, r: redis.Redis) -> None:
     assert info.status is ChainStatus.CANCELLED
     assert px.status(chain).step == info.step
     assert px.cancel(chain) is False  # it had already ended
+
+
+def test_an_unexpected_error_inside_pyrecks_fails_the_chain_instead_of_wedging_it(
+    r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any exception escaping a step used to leave the chain 'running' under a live owner,
+    re-run every lease for ever.  Simulated here with a converter that breaks."""
+    from pyrecks.vm import step
+
+    def broken(value: object, annotation: object, where: str) -> object:
+        raise TypeError("unhashable type: 'list'")
+
+    monkeypatch.setattr(step, "convert", broken)
+    raw_kernel(r, "takes", "def takes(x: int):\n    return 'return 1'\n")
+    px = Pyrecks(r)
+    with px.local_vm(echo=False, threads=1):
+        info = px.wait(px.start("takes(1)"), timeout=30)
+    assert info.status is ChainStatus.FAILED
+    assert info.error_kind == "crashed"
+    assert "pyrecks could not run this step (TypeError: unhashable type: 'list')" in (
+        info.error or ""
+    )

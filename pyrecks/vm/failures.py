@@ -37,3 +37,13 @@ def kernel_error(kernel: str, exc: BaseException) -> StepFailure:
         f"kernel {kernel} raised {type(exc).__name__}: {exc}",
         kernel_traceback(exc),
     )
+
+
+def internal_failure(exc: Exception) -> StepFailure:
+    """A step that failed inside pyrecks itself: say so, with the error, so it gets reported."""
+    return StepFailure(
+        "crashed",
+        f"pyrecks could not run this step ({type(exc).__name__}: {exc}); this is a bug in "
+        "pyrecks or input it did not foresee: please report it with this chain's log",
+        traceback.format_exc(),
+    )

@@ -70,7 +70,7 @@ from pyrecks.vm.committer import Claimed, Committer
 from pyrecks.vm.config import ISOLATION_MODES, VMConfig, default_vm_name
 from pyrecks.vm.consumer import StreamConsumer
 from pyrecks.vm.executors import KernelExecutor, ThreadExecutor
-from pyrecks.vm.failures import RETRYABLE, StepFailure
+from pyrecks.vm.failures import RETRYABLE, StepFailure, internal_failure
 from pyrecks.vm.freshness import KernelWatch
 from pyrecks.vm.loader import KernelLoader
 from pyrecks.vm.registry import holder_of
@@ -353,6 +353,13 @@ class VM:
         except StepFailure as failure:
             self._finish(run, self.committer.fail(run, failure))
             return
+        except REDIS_DOWN:
+            self.committer.left(run)
+            raise
+        except Exception as exc:
+            log.exception("pyrecks VM: unexpected error resuming chain %s", run.id)
+            self._finish(run, self.committer.fail(run, internal_failure(exc)))
+            return
         self._drive(run)
 
     def _drive(self, run: ChainRun) -> None:
@@ -363,6 +370,14 @@ class VM:
             outcome = self.committer.fail(run, failure)
         except Lost:
             outcome = self.committer.lost(run)
+        except REDIS_DOWN:
+            self.committer.left(run)
+            raise
+        except Exception as exc:
+            # A bug of ours, or input nothing foresaw: fail this chain with the reason
+            # rather than leave it 'running' under a live owner for ever.
+            log.exception("pyrecks VM: unexpected error in chain %s", run.id)
+            outcome = self.committer.fail(run, internal_failure(exc))
         except BaseException:
             self.committer.left(run)
             raise
