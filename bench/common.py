@@ -143,6 +143,15 @@ def summarize(samples: Sequence[float]) -> Summary:
     return Summary(statistics.median(samples), min(samples), max(samples), len(samples))
 
 
+def ratios(numerators: Sequence[float], denominators: Sequence[float]) -> Summary:
+    """Summary of per-run ratios ``n / d`` of paired samples (e.g. a run / its own floor).
+
+    On a shared machine the load drifts over a minute; a ratio of two numbers taken
+    seconds apart is far steadier than either number alone.
+    """
+    return summarize([n / d for n, d in zip(numerators, denominators, strict=True)])
+
+
 def stats_from_batches(batches: Sequence[float], number: int) -> Stats:
     """Public form of the batch summary: ``batches`` in seconds, ``number`` ops each."""
     return _stats(batches, number)
