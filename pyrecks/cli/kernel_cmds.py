@@ -179,14 +179,91 @@ def _policy_from(policy_file: str | None, redis_url: str | None, prefix: str) ->
     return Policy()
 
 
+def stored_kernel_names(r: Any, keyspace: Keyspace) -> list[str]:
+    """Every kernel in Redis: those pyrecks listed, and seed-style strings (``def name(``)."""
+    from pyrecks.compiler.store import looks_like_kernel
+
+    names = set(KernelStore(r, keyspace).names())
+    prefix = keyspace.kernel_prefix
+    for raw in r.scan_iter(match=f"{prefix}*", count=1000, _type="string"):
+        key = raw.decode("utf-8", errors="replace")
+        name = key[len(prefix) :]
+        if not name.isidentifier() or key.startswith(keyspace.internal_prefix):
+            continue
+        head = r.getrange(raw, 0, 4095).decode("utf-8", errors="replace")
+        if looks_like_kernel(head, name):
+            names.add(name)
+    return sorted(names)
+
+
+def missing_kernel(name: str, r: Any, keyspace: Keyspace) -> str:
+    """``no kernel named 'fucn1'; did you mean func1?`` (with the closest stored names)."""
+    from pyrecks.cli.common import did_you_mean
+
+    key = keyspace.kernel(name)
+    what = "holds other data, not a kernel" if r.exists(key) else "does not exist"
+    return (
+        f"no kernel named {name!r} (key {key!r} {what})"
+        + did_you_mean(name, stored_kernel_names(r, keyspace))
+    )
+
+
+def stored_sources(
+    r: Any, keyspace: Keyspace, names: Sequence[str]
+) -> list[tuple[str, KernelRecord]]:
+    """(name, record) of the named stored kernels (all when none are named); fails on typos."""
+    store = KernelStore(r, keyspace)
+    wanted = list(names) or stored_kernel_names(r, keyspace)
+    if not wanted:
+        fail("no kernels stored in Redis yet")
+    found: list[tuple[str, KernelRecord]] = []
+    missing: list[str] = []
+    for name in wanted:
+        record = store.get(name)
+        if record is None:
+            missing.append(missing_kernel(name, r, keyspace))
+        else:
+            found.append((name, record))
+    if missing:
+        fail("; ".join(missing))
+    return found
+
+
+def stored_hints(name: str, source: str) -> list[str]:
+    """Hints for kernels that were stored by hand the seed's way."""
+    from pyrecks.compiler.upgrade import (
+        escaped_newlines_hint,
+        looks_like_python2,
+        undo_shell_escapes,
+    )
+
+    hints = []
+    escaped = escaped_newlines_hint(source, name)
+    if escaped:
+        hints.append(escaped)
+    if looks_like_python2(undo_shell_escapes(source) if escaped else source):
+        hints.append(
+            f"{name} looks like Python 2: 'pyrecksc upgrade --stored {name}' shows a Python 3 "
+            "version, '--write' stores it"
+        )
+    return hints
+
+
 # --------------------------------------------------------------------------------------
 # lint
 # --------------------------------------------------------------------------------------
 
 
 @main.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.argument("paths", nargs=-1, type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print findings as JSON (for CI).")
+@click.option(
+    "--stored",
+    is_flag=True,
+    help="Lint kernels stored in Redis (--redis, $REDIS_URL or the embedded one): the "
+    "arguments are kernel names, none meaning every stored kernel.",
+)
+@prefix_option
 @click.option(
     "--policy",
     "policy_file",
@@ -202,24 +279,49 @@ def _policy_from(policy_file: str | None, redis_url: str | None, prefix: str) ->
     help="Check with the policy stored in this Redis (only when given; lint is offline).",
 )
 def lint(
-    paths: tuple[str, ...], as_json: bool, policy_file: str | None, redis_url: str | None
+    paths: tuple[str, ...],
+    as_json: bool,
+    stored: bool,
+    prefix: str,
+    policy_file: str | None,
+    redis_url: str | None,
 ) -> None:
     """Check kernel files (or folders of *.py) without storing them.
 
-    Exit status 1 if any kernel has an error; warnings are shown but do not fail.
+    With --stored, check kernels already in Redis (seed-style strings set with redis-cli
+    included) against the policy stored there.  Exit status 1 if any kernel has an error;
+    warnings are shown but do not fail.
     """
-    policy = _policy_from(policy_file, redis_url, "")
-    files = collect_files(paths)
-    if not files:
-        fail("no kernel files found (kernels are *.py files; test_*.py files are skipped)")
     results: list[KernelFile] = []
-    for path in files:
-        kernel = read_kernel(path)
-        if kernel.problem is not None:
-            kernel.findings = [kernel.problem]
-        else:
-            kernel.findings = check(kernel.source, kernel.name, policy)
-        results.append(kernel)
+    hints: list[str] = []
+    if stored:
+        r = _connect(redis_url)
+        keyspace = _keyspace(prefix)
+        policy = (
+            Policy.from_json(Path(policy_file).read_text(encoding="utf-8"))
+            if policy_file
+            else load_policy(r, keyspace)
+        )
+        for name, record in stored_sources(r, keyspace, paths):
+            kernel = KernelFile(Path(f"redis:{record.key}"), name, record.source)
+            kernel.findings = check(record.source, name, policy)
+            if any(f.is_error for f in kernel.findings):
+                hints += stored_hints(name, record.source)
+            results.append(kernel)
+    else:
+        if not paths:
+            fail("name kernel files or folders to lint (or --stored for kernels in Redis)")
+        policy = _policy_from(policy_file, redis_url, prefix)
+        files = collect_files(paths)
+        if not files:
+            fail("no kernel files found (kernels are *.py files; test_*.py files are skipped)")
+        for path in files:
+            kernel = read_kernel(path)
+            if kernel.problem is not None:
+                kernel.findings = [kernel.problem]
+            else:
+                kernel.findings = check(kernel.source, kernel.name, policy)
+            results.append(kernel)
     errors = sum(1 for k in results for f in k.findings if f.is_error)
     warnings = sum(1 for k in results for f in k.findings if not f.is_error)
     if as_json:
@@ -236,6 +338,8 @@ def lint(
         for kernel in results:
             for finding in kernel.findings:
                 click.echo(format_finding(kernel.path, finding, kernel.source))
+        for hint in hints:
+            click.echo(f"hint: {hint}", err=True)
         click.echo(
             f"{len(results)} kernel{'s' if len(results) != 1 else ''} checked: "
             f"{errors} error{'s' if errors != 1 else ''}, "
@@ -291,6 +395,29 @@ def compile_files(
     return good, bad
 
 
+def _only_def(source: str) -> str:
+    """The name of the only public top-level function of ``source`` (for ``compile -``)."""
+    import ast
+
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        tree = ast.Module(body=[], type_ignores=[])
+    names = [
+        node.name
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and not node.name.startswith("_")
+    ]
+    if len(names) != 1:
+        fail(
+            "cannot tell the kernel's name from stdin "
+            f"({'no public function' if not names else 'functions ' + ', '.join(names)}): "
+            "pass --name NAME"
+        )
+    return names[0]
+
+
 @main.command(name="compile")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @redis_option
@@ -303,6 +430,13 @@ def compile_files(
     type=click.Path(exists=True, dir_okay=False),
     help="Check with this policy file instead of the policy stored in Redis.",
 )
+@click.option(
+    "--name",
+    "stdin_name",
+    metavar="NAME",
+    default=None,
+    help="With '-': the kernel's name (default: the source's only public top-level def).",
+)
 def compile_cmd(
     paths: tuple[str, ...],
     redis_url: str | None,
@@ -310,12 +444,28 @@ def compile_cmd(
     dry_run: bool,
     force: bool,
     policy_file: str | None,
+    stdin_name: str | None,
 ) -> None:
     """Check, compile and store kernels (all or nothing).
 
-    Each *.py file is one kernel named after the file.  If any kernel fails the checker,
-    every finding is printed and nothing is written.
+    Each *.py file is one kernel named after the file; '-' reads one kernel from stdin
+    (named by --name, or by its only public top-level def).  If any kernel fails the
+    checker, every finding is printed and nothing is written.
     """
+    if paths == ("-",):
+        import shutil
+        import tempfile
+
+        source = sys.stdin.read()
+        name = stdin_name or _only_def(source)
+        scratch = Path(tempfile.mkdtemp(prefix="pyrecksc-stdin-"))
+        click.get_current_context().call_on_close(
+            lambda: shutil.rmtree(scratch, ignore_errors=True)
+        )
+        (scratch / f"{name}.py").write_text(source, encoding="utf-8")
+        paths = (str(scratch / f"{name}.py"),)
+    elif "-" in paths:
+        fail("'-' (stdin) cannot be mixed with files")
     files = collect_files(paths)
     if not files:
         fail("no kernel files found (kernels are *.py files; test_*.py files are skipped)")
@@ -407,8 +557,13 @@ def show(
     name: str, redis_url: str | None, prefix: str, source_only: bool, disassemble: bool
 ) -> None:
     """Show a stored kernel: metadata, signature, lint warnings and source."""
-    store = KernelStore(_connect(redis_url), _keyspace(prefix))
-    record = store.require(name)
+    r = _connect(redis_url)
+    store = KernelStore(r, _keyspace(prefix))
+    found = store.get(name)
+    if found is None:
+        fail(missing_kernel(name, r, _keyspace(prefix)))
+        return
+    record = found
     if source_only:
         click.echo(record.source, nl=not record.source.endswith("\n"))
         return
@@ -489,9 +644,11 @@ def rm(names: tuple[str, ...], redis_url: str | None, prefix: str) -> None:
     # Check every name before deleting any, so a typo in the list loses nothing.
     missing_or_data = [n for n in names if store.get(n) is None]
     if missing_or_data:
+        r = store.r
         fail(
-            f"refusing to delete {', '.join(repr(n) for n in missing_or_data)}: not a kernel "
-            "(missing, or holding other data); nothing was deleted"
+            "refusing to delete: "
+            + "; ".join(missing_kernel(n, r, _keyspace(prefix)) for n in missing_or_data)
+            + "; nothing was deleted"
         )
     for name in names:
         store.remove(name)
@@ -606,3 +763,87 @@ def policy_reset(redis_url: str | None) -> None:
     r = _connect(redis_url)
     r.delete(Keyspace().policy)
     click.echo("policy reset to the built-in defaults", err=True)
+
+
+# --------------------------------------------------------------------------------------
+# upgrade
+# --------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("paths", nargs=-1)
+@click.option("--write", is_flag=True, help="Apply the rewrite (files in place; stored kernels "
+              "are checked, compiled and stored as with 'pyrecksc compile').")
+@click.option(
+    "--stored",
+    is_flag=True,
+    help="Upgrade kernels stored in Redis: the arguments are kernel names, none meaning "
+    "every stored kernel.",
+)
+@redis_option
+@prefix_option
+def upgrade(
+    paths: tuple[str, ...], write: bool, stored: bool, redis_url: str | None, prefix: str
+) -> None:
+    """Rewrite Python 2 kernels (the seed's) as Python 3, shown as a diff.
+
+    Rewrites print statements, 'except E, e', '<>', backticks, has_key, iteritems/xrange/
+    unicode/basestring and tab indentation; flags '/' between possible integers (Python 2
+    floored it) instead of guessing.  PATHS are kernel files or folders ('-' reads one kernel
+    from stdin and, with --write, prints the result).  Exit status 1 if a kernel is still
+    not valid Python 3 afterwards.
+    """
+    from pyrecks.compiler.upgrade import Upgrade, upgrade_source
+
+    items: list[tuple[str, str, str]] = []  # (label, name, source)
+    r: Any = None
+    keyspace = _keyspace(prefix)
+    if stored:
+        r = _connect(redis_url)
+        for name, record in stored_sources(r, keyspace, paths):
+            items.append((f"redis:{record.key}", name, record.source))
+    elif paths == ("-",):
+        items.append(("<stdin>", "stdin", sys.stdin.read()))
+    else:
+        if not paths:
+            fail("name kernel files or folders to upgrade, '-' for stdin, or --stored")
+        for path in collect_files(paths):
+            kernel = read_kernel(path)
+            items.append((str(path), kernel.name, kernel.source))
+    results: list[tuple[str, Upgrade]] = []
+    for label, name, source in items:
+        result = upgrade_source(source, name)
+        results.append((label, result))
+        if label == "<stdin>" and write:
+            click.echo(result.source, nl=False)
+        elif result.changed:
+            click.echo(result.diff(f"{label} (Python 2)", f"{label} (Python 3)"), nl=False)
+        for flag in result.flags:
+            click.echo(f"{label}:{flag}", err=True)
+    broken = [label for label, res in results if not res.ok]
+    changed = [(label, res) for label, res in results if res.changed and res.ok]
+    if write and stored and changed:
+        policy = load_policy(r, keyspace)
+        compiled: list[CompiledKernel] = []
+        for label, res in changed:
+            try:
+                compiled.append(compile_kernel(res.name, res.source, policy))
+            except KernelRejected as exc:
+                for finding in exc.findings:
+                    click.echo(format_finding(label, finding, res.source), err=True)
+                fail(f"{label}: the upgraded kernel fails the checker; nothing was stored")
+        KernelStore(r, keyspace).put_many(compiled)
+    elif write and paths != ("-",):
+        for label, res in changed:
+            Path(label).write_text(res.source, encoding="utf-8")
+    flags = sum(len(res.flags) for _l, res in results)
+    verb = "upgraded" if write else "to upgrade"
+    click.echo(
+        f"{len(results)} kernel{'s' if len(results) != 1 else ''}: {len(changed)} {verb}, "
+        f"{len(results) - len(changed) - len(broken)} unchanged, {len(broken)} not valid "
+        f"Python 3, {flags} flag{'s' if flags != 1 else ''}"
+        + ("" if write or not changed else "; add --write to apply"),
+        err=True,
+    )
+    if broken:
+        raise SystemExit(1)

@@ -6,7 +6,6 @@ import json
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import click
@@ -14,7 +13,6 @@ import click
 from pyrecks import __version__
 from pyrecks.api import ChainExists, Pyrecks, connect
 from pyrecks.cli.common import PyrecksGroup, fail, redis_option
-from pyrecks.connection import EmbeddedServer
 from pyrecks.vm.machine import ISOLATION_MODES
 from pyrecks.vm.records import ChainInfo, ChainStatus, LogEntry
 
@@ -338,35 +336,14 @@ def acl(role: str, username: str | None, password: str, key_patterns: str | None
     click.echo(setuser(role, username or f"pyrecks-{role}", password, key_patterns))
 
 
-@main.group()
-def embedded() -> None:
-    """Manage the embedded Redis server ($PYRECKS_HOME, default ~/.pyrecks)."""
+def _register() -> None:
+    # Command families in modules of their own; importing them registers them on ``main``.
+    from pyrecks.cli import embedded_cmds  # noqa: F401  (demo, embedded status/stop/cli, redis-cli)
+    from pyrecks.cli.tree_cmd import tree
+    from pyrecks.ui.cli import ui
+
+    main.add_command(tree)
+    main.add_command(ui)
 
 
-@embedded.command("status")
-def embedded_status() -> None:
-    server = EmbeddedServer()
-    state = "running" if server.is_running() else "stopped"
-    click.echo(f"embedded Redis: {state} ({server.url}, data in {server.home})")
-
-
-@embedded.command("stop")
-def embedded_stop() -> None:
-    server = EmbeddedServer()
-    click.echo("stopped" if server.stop() else "not running")
-
-
-@main.command()
-@click.option(
-    "--kernels",
-    "kernel_dir",
-    default="kernels",
-    show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
-)
-@redis_option
-def demo(kernel_dir: Path, redis_url: str | None) -> None:
-    """Store the sample kernels and run the seed's chain plus the word-count example."""
-    from pyrecks.cli.demo import run_demo
-
-    run_demo(_px(redis_url), kernel_dir)
+_register()

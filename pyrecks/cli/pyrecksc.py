@@ -17,6 +17,9 @@ def main() -> None:
 def _register() -> None:
     # Each command family lives in its own module; importing registers it on ``main``.
     from pyrecks.cli import kernel_cmds, parse_cmd  # noqa: F401
+    from pyrecks.cli.graph_cmd import graph
+
+    main.add_command(graph)
 
 
 _register()

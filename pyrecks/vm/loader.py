@@ -28,6 +28,7 @@ is written back in place (``KernelStore.promote``), in every mode.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import threading
@@ -65,7 +66,7 @@ class LoadedKernel:
     #: The module's code, marshalled, with the run-time guards compiled in.
     bytecode: bytes
 
-    @property
+    @functools.cached_property
     def code_key(self) -> str:
         """What identifies the code that runs: a cell serves exactly one such key.
 

@@ -91,6 +91,9 @@ class CellConfig:
 
 # -- the zygote process -------------------------------------------------------------------
 
+#: The cells this zygote forked and has not reaped yet.
+_CELLS: set[int] = set()
+
 
 def _preload(modules: list[str]) -> Any:
     """Import everything a cell may need and build the kernel namespace's module proxies."""
@@ -102,7 +105,20 @@ def _preload(modules: list[str]) -> Any:
     return Sandbox
 
 
+def _kill_all(cells: set[int]) -> None:
+    for pid in cells:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def _zygote(control_fd: int) -> None:
+    try:
+        _serve(control_fd)
+    except (BrokenPipeError, ConnectionResetError):
+        _kill_all(_CELLS)  # the VM went away while we told it something
+
+
+def _serve(control_fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the VM decides when we stop; cells inherit it
     config = read_frame(control_fd, limit=MAX_VM_FRAME)[1]
     os.environ.clear()
@@ -125,7 +141,7 @@ def _zygote(control_fd: int) -> None:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     control = socket.socket(fileno=control_fd)
-    cells: set[int] = set()
+    cells: set[int] = _CELLS
     gc.collect()
     gc.freeze()  # cells share the zygote's heap copy-on-write; keep the collector off it
     write_frame(control_fd, ["ready", os.getpid()])
@@ -150,9 +166,7 @@ def _zygote(control_fd: int) -> None:
         except OSError:
             data, fds = b"", []
         if not data:  # the VM is gone: so are its cells
-            for pid in cells:
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
+            _kill_all(cells)
             return
         if not fds:
             continue
