@@ -129,3 +129,22 @@ def test_an_unexpected_error_inside_pyrecks_fails_the_chain_instead_of_wedging_i
     assert "pyrecks could not run this step (TypeError: unhashable type: 'list')" in (
         info.error or ""
     )
+
+
+def test_a_mistyped_kernel_name_gets_a_suggestion(r: redis.Redis) -> None:
+    px = Pyrecks(r)
+    raw_kernel(r, "func1", "def func1(x: str):\n    return 'fucn1(%r)' % x\n")
+    with px.local_vm(echo=False, threads=1):
+        info = px.wait(px.start('func1("hi")'), timeout=30)  # func1 is promoted (listed)
+    assert info.status is ChainStatus.FAILED and info.error_kind == "missing_kernel"
+    assert "(did you mean func1?)" in (info.error or "")
+
+
+def test_a_kernel_typed_with_literal_backslash_n_is_explained(r: redis.Redis) -> None:
+    """The seed's `SET func0 "def func0(x):\\n  ..."` typed on a shell line stores backslash-n."""
+    r.set("func0", "def func0(x):\\n    return ''")
+    px = Pyrecks(r)
+    with px.local_vm(echo=False, threads=1):
+        info = px.wait(px.start('func0("hi")'), timeout=30)
+    assert info.status is ChainStatus.FAILED and info.error_kind == "lint"
+    assert "backslash-n where line breaks belong" in (info.error or "")

@@ -28,6 +28,7 @@ is written back in place (``KernelStore.promote``), in every mode.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import hashlib
 import json
@@ -135,6 +136,37 @@ class KernelLoader:
             f"key {self.store.keyspace.kernel(name)!r} holds a {state}, not a kernel; "
             "a kernel is a hash written by pyrecksc compile or a string of Python source"
         )
+
+    def near_names(self, name: str) -> str:
+        """" (did you mean …?)" for a kernel name that does not exist; "" if none is close."""
+        try:
+            names = self.store.names()
+        except Exception:  # a hint must never turn one failure into another
+            return ""
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.75)
+        return f" (did you mean {', '.join(close)}?)" if close else ""
+
+    def source_hint(self, name: str) -> str:
+        """Why a refused kernel's stored text may not be what its author meant: backslash-n
+        typed for line breaks on a shell line, or Python 2 (the seed's kernels)."""
+        from pyrecks.compiler.upgrade import escaped_newlines_hint, looks_like_python2
+
+        try:
+            raw: Any = self.store.r.get(self.store.keyspace.kernel(name))
+        except Exception:  # not a string kernel (a hash), or Redis went away: no hint
+            return ""
+        if raw is None:
+            return ""
+        source = _text(raw)
+        hint = escaped_newlines_hint(source, name)
+        if hint:
+            return f". {hint}"
+        if looks_like_python2(source):
+            return (
+                f". {name} looks like Python 2 (the seed's kernels are): "
+                f"'pyrecksc upgrade --stored {name}' shows the Python 3 version, --write stores it"
+            )
+        return ""
 
     def _fields(self, name: str, payload: Any) -> dict[str, bytes]:
         if payload is None:

@@ -152,10 +152,14 @@ class StepRunner:
         try:
             kernel = self.loader.resolve(call.name, prep.text(0), prep.values[1])
         except KernelNotFound as exc:
-            raise StepFailure("missing_kernel", str(exc)) from None
+            near = self.loader.near_names(call.name)
+            raise StepFailure("missing_kernel", f"{exc}{near}") from None
         except KernelRejected as exc:
             detail = "; ".join(str(f) for f in exc.findings)
-            raise StepFailure("lint", f"kernel {call.name!r} was refused: {detail}") from None
+            hint = self.loader.source_hint(call.name)
+            raise StepFailure(
+                "lint", f"kernel {call.name!r} was refused: {detail}{hint}"
+            ) from None
         if self.watch.enabled and self.watch.trusted(key) != kernel.digest:
             self.watch.track(key)
         return kernel, list(prep.values[2:])
