@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import marshal
+import sys
 import time
 import types
 from typing import Any
@@ -188,13 +189,21 @@ def test_the_guards_keep_except_base_exception_from_swallowing_the_timeout(
 
 
 def test_a_kernel_that_swallows_the_timeout_is_abandoned_and_the_vm_lives_on(
-    r: redis.Redis,
+    r: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Crafted bytecode *without* the guards ignores KernelTimeout for 2 s, then returns.
 
     The VM must have given up on it by then (grace 0.5 s) and must drop its late return
     value; the single worker thread is replaced.
     """
+    if sys.version_info >= (3, 13):
+        # CPython 3.13 lets an asynchronous exception escape the kernel's own try/except
+        # (reproduced without pyrecks), so the kernel would stop instead of swallowing it.
+        # Withholding the exception gives the same stubborn kernel: the abandon path is
+        # what this test is about.
+        import pyrecks.vm.watchdog
+
+        monkeypatch.setattr(pyrecks.vm.watchdog, "_raise_in_thread", lambda _tid: None)
     raw_kernel(r, "fine", "def fine():\n    return 'return 7'\n")
     px = Pyrecks(r)
     with px.local_vm(echo=False, threads=1, timeout_grace=0.5, isolation="thread") as vm:
