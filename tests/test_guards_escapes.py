@@ -320,6 +320,172 @@ def k():
     _pyrecks_write = lambda o, n: o
     return ''
 """, "PK202", 2, V, "reserved"),
+    # -- found attacking the guards alone (checker off) -------------------------------------
+    _e("ABC registration through a typing alias", """
+import typing
+def k():
+    typing.Mapping.register(str)
+    return ''
+""", "PK307", 3, V, "ABC registration"),
+    _e("namedtuple field defaults keep state", """
+import collections
+P = collections.namedtuple("P", "a b", defaults=(1,))
+def k():
+    P._field_defaults.setdefault("x", []).append(1)
+    return ''
+""", "PK402", 4, AttributeError, "mappingproxy"),
+    _e("attribute of an enum member keeps state", """
+import enum
+class Color(enum.Enum):
+    RED = 1
+def k():
+    Color.RED.seen = [1]
+    return ''
+""", "PK402", 5, V, "enumeration member"),
+    _e("__exit__ returning True swallows the timeout", """
+class C:
+    def __enter__(self):
+        return self
+    def __exit__(self, *exc):
+        return True
+def k():
+    with C():
+        raise KeyboardInterrupt
+    return ''
+""", "PK521", 5, KeyboardInterrupt, ""),
+    _e("return in finally swallows the timeout", """
+def k():
+    try:
+        raise KeyboardInterrupt
+    finally:
+        return ''
+""", "PK521", 5, V, "finally"),
+    _e("break in finally swallows the timeout", """
+def k():
+    while True:
+        try:
+            raise KeyboardInterrupt
+        finally:
+            break
+    return ''
+""", "PK521", 6, V, "finally"),
+    _e("copy follows __reduce__ into a module proxy", """
+import copy, json
+def _get():
+    return json
+class C:
+    def __reduce__(self):
+        return (_get, (), {"dumps": len})
+def k():
+    copy.copy(C())
+    return ''
+""", "PK532", 5, V, "__reduce__"),
+    _e("dataclass rewrites a library class", """
+import dataclasses, json
+def k():
+    dataclasses.dataclass(json.JSONEncoder)
+    return ''
+""", "PK404", 3, V, "dataclasses.dataclass"),
+    _e("total_ordering adds methods to a library class", """
+import functools, collections
+def k():
+    functools.total_ordering(collections.UserList)
+    return ''
+""", "PK404", 3, V, "functools.total_ordering"),
+    _e("dataclass changes a module-level class at run time", """
+import dataclasses
+class C:
+    x: int
+def k():
+    dataclasses.dataclass(C)
+    return ''
+""", "PK404", 5, V, "shared"),
+    _e("yield in try/finally: cleanup at finalization swallows", """
+def g():
+    try:
+        yield 1
+    finally:
+        raise KeyboardInterrupt
+def k():
+    x = g()
+    next(x)
+    x = None
+    return ''
+""", "PK521", 3, V, "yield"),
+    _e("a library class's shared dict", """
+import textwrap
+def k():
+    textwrap.TextWrapper.unicode_whitespace_trans[ord("a")] = "Q"
+    return ''
+""", "PK404", 3, TypeError, "does not support item assignment"),
+    _e("raise in finally replaces the timeout", """
+def k():
+    try:
+        try:
+            raise KeyboardInterrupt
+        finally:
+            raise ValueError("replaced")
+    except ValueError:
+        pass
+    return ''
+""", "PK521", 6, KeyboardInterrupt, ""),
+    _e("re-initialising a shared typing alias through super", """
+import typing
+def k():
+    super(type(typing.List), typing.List).__init__(dict)
+    return ''
+""", "PK301", 3, V, "__init__"),
+    _e("library __init__ read through a kernel subclass", """
+import uuid
+class K(uuid.UUID):
+    pass
+def k():
+    K.__init__(uuid.NAMESPACE_DNS, int=0)
+    return ''
+""", "PK301", 5, V, "__init__"),
+    _e("annotation runs code at load time", """
+import re
+def f(x: re.match(r"(a+)+$", "a" * 40 + "b")) -> None:
+    pass
+def k():
+    return ''
+""", "PK502", 2, V, "PK502"),
+    _e("enum functional API installs __del__", """
+import enum
+def _d(self):
+    pass
+def k():
+    E = enum.Enum("E", [("A", 1), ("__del__", _d)])
+    return ''
+""", "PK532", 5, V, "__del__"),
+    _e("getattr with a str subclass that hides its characters", """
+import random
+class S(str):
+    def __getitem__(self, i):
+        return "x"
+    def startswith(self, *a):
+        return False
+    def endswith(self, *a):
+        return False
+def k():
+    return str(getattr(random.randint, S("__globals__"))["_os"])
+""", "PK203", 10, V, "__globals__"),
+    _e("format template in a str subclass that hides its fields", """
+import random
+class S(str):
+    def __contains__(self, x):
+        return False
+def k():
+    return S("{0.__globals__[_os]}").format(random.randint)
+""", "PK304", 6, V, "__globals__"),
+    _e("attrgetter with a str subclass that splits to a harmless name", """
+import operator, random
+class S(str):
+    def split(self, *a):
+        return ["real"]
+def k():
+    return str(operator.attrgetter(S("__globals__"))(random.randint))
+""", "PK203", 6, V, "__globals__"),
 ]
 
 

@@ -187,7 +187,9 @@ def test_immutable_module_values_pass_the_end_of_module_guard(value: object) -> 
     guards.module_done({"X": value})
 
 
-@pytest.mark.parametrize("value", [[1], {1: 2}, {1}, bytearray(b"x"), (1, [2]), object.__new__(Policy)])
+@pytest.mark.parametrize(
+    "value", [[1], {1: 2}, {1}, bytearray(b"x"), (1, [2]), object.__new__(Policy)]
+)
 def test_mutable_module_values_fail_the_end_of_module_guard(value: object) -> None:
     with pytest.raises(SandboxViolation):
         guards.module_done({"X": value})
@@ -217,3 +219,245 @@ def test_the_interpreters_own_lazy_imports_still_work() -> None:
 def test_the_rewriter_refuses_what_the_text_shows(source: str) -> None:
     with pytest.raises(SandboxViolation):
         compile_guarded("k", source, "<kernel k>")
+
+
+# -- found attacking the guards alone (no checker row: the text does not show them) ---------
+
+
+def test_re_caches_exact_strings_never_a_kernels_str_subclass() -> None:
+    """``re`` caches patterns process-wide and ``Pattern.pattern`` hands the cached object
+    back: a kernel's ``str`` subclass there would carry attributes from call to call."""
+    namespace = _module(
+        """
+import re
+class S(str):
+    pass
+def k():
+    s = S("zz-pattern")
+    s.box = [1]
+    return type(re.compile(s).pattern).__name__, type(re.match(s, "zz-pattern").re.pattern).__name__
+"""
+    )
+    assert namespace["k"]() == ("str", "str")
+
+
+def test_cached_property_has_no_shared_lock() -> None:
+    """3.11's ``cached_property.lock`` is one RLock per decorated method, shared by every
+    call: ``C.v.lock.acquire()`` would block the next call inside C code."""
+    namespace = _module(
+        """
+import functools
+class C:
+    @functools.cached_property
+    def v(self):
+        return [1]
+def k():
+    c = C()
+    assert c.v is c.v
+    return C.v.lock
+"""
+    )
+    with pytest.raises(AttributeError, match="lock"):
+        namespace["k"]()
+
+
+def test_typing_final_and_overload_change_nothing() -> None:
+    import typing
+
+    namespace = _module(
+        """
+import typing
+@typing.final
+def f():
+    return 1
+@typing.overload
+def g(x: int) -> int: ...
+def g(x):
+    return x
+def k():
+    return f(), g(2)
+"""
+    )
+    assert namespace["k"]() == (1, 2)
+    assert not hasattr(namespace["f"], "__final__")
+    assert not typing.get_overloads(namespace["g"])
+
+
+def test_with_keeps_suppressing_ordinary_exceptions() -> None:
+    namespace = _module(
+        """
+class Quiet:
+    def __enter__(self):
+        return "in"
+    def __exit__(self, kind, value, tb):
+        return kind is not None and issubclass(kind, ValueError)
+def k():
+    with Quiet() as got:
+        raise ValueError("dropped")
+    return got
+"""
+    )
+    assert namespace["k"]() == "in"
+
+
+def test_timeout_is_not_suppressed_by_a_kernels_exit() -> None:
+    namespace = _module(
+        """
+class Quiet:
+    def __enter__(self):
+        return self
+    def __exit__(self, *exc):
+        return True
+def k(signal):
+    with Quiet():
+        raise signal
+    return "swallowed"
+"""
+    )
+    with pytest.raises(KernelTimeout):
+        namespace["k"](KernelTimeout)
+
+
+def test_break_in_a_loop_inside_finally_is_fine() -> None:
+    namespace = _module(
+        """
+def k():
+    out = []
+    try:
+        out.append(1)
+    finally:
+        for i in range(3):
+            if i:
+                break
+            out.append(i)
+    return out
+"""
+    )
+    assert namespace["k"]() == [1, 0]
+
+
+def test_nested_namedtuple_defaults_are_frozen_and_inner_dataclasses_work() -> None:
+    namespace = _module(
+        """
+import collections, dataclasses
+class A:
+    P = collections.namedtuple("P", "a b", defaults=(1,))
+def k():
+    @dataclasses.dataclass
+    class D:
+        x: int = 0
+    return D(3).x, A.P(0).b, dict(A.P._field_defaults)
+"""
+    )
+    assert namespace["k"]() == (3, 1, {"b": 1})
+    with pytest.raises(TypeError):
+        namespace["A"].P._field_defaults["b"] = 2
+
+
+def test_enum_members_are_read_only_but_kernel_instances_are_not() -> None:
+    namespace = _module(
+        """
+import enum
+class Color(enum.Enum):
+    RED = 1
+class Box:
+    pass
+def k():
+    b = Box()
+    b.x = Color.RED.value
+    return b.x
+"""
+    )
+    assert namespace["k"]() == 1
+
+
+def test_a_kernels_exit_that_raises_does_not_replace_the_timeout() -> None:
+    namespace = _module(
+        """
+class Loud:
+    def __enter__(self):
+        return self
+    def __exit__(self, *exc):
+        raise ValueError("replaced")
+def k(signal):
+    try:
+        with Loud():
+            raise signal
+    except ValueError:
+        return "swallowed"
+    return "swallowed"
+"""
+    )
+    with pytest.raises(KernelTimeout):
+        namespace["k"](KernelTimeout)
+    assert namespace["k"](KeyError) == "swallowed"  # ordinary exceptions are replaced as usual
+
+
+def test_finally_runs_and_ordinary_exceptions_replace_as_usual() -> None:
+    namespace = _module(
+        """
+def k():
+    out = []
+    try:
+        try:
+            raise KeyError("a")
+        finally:
+            out.append("cleanup")
+            raise ValueError("b")
+    except ValueError as e:
+        out.append(str(e))
+    return out
+"""
+    )
+    assert namespace["k"]() == ["cleanup", "b"]
+
+
+def test_typing_caches_never_keep_a_kernels_object() -> None:
+    """``typing.Literal[o]`` is cached process-wide by its argument: ``o`` would be handed
+    back (and its ``__repr__`` run with the old ``self``) to the next call."""
+    namespace = _module(
+        """
+import typing
+class O:
+    def __eq__(self, other):
+        return isinstance(other, O)
+    def __hash__(self):
+        return 1
+    def __init__(self):
+        self.n = 0
+    def __repr__(self):
+        self.n += 1
+        return str(self.n)
+def k():
+    return repr(typing.Literal[O()]), repr(typing.List[O()]), typing.List[int] is typing.List[int]
+"""
+    )
+    assert namespace["k"]() == ("typing.Literal[1]", "typing.List[1]", True)
+    assert namespace["k"]() == ("typing.Literal[1]", "typing.List[1]", True)
+
+
+def test_print_hands_the_vm_exact_strings_only() -> None:
+    """The VM reads printed lines after the step (outside its time limit): no kernel object
+    (a ``str`` subclass with its own ``splitlines``) may travel with them."""
+    from pyrecks.vm.sandbox import OutputBuffer, set_current_output
+
+    namespace = _module(
+        """
+class S(str):
+    def __str__(self):
+        return self
+    def splitlines(self):
+        return [self, self]
+def k():
+    print(S("once"), 1, sep=S(" "), end=S("\\n"))
+    return ''
+"""
+    )
+    buffer = OutputBuffer()
+    set_current_output(buffer)
+    try:
+        namespace["k"]()
+    finally:
+        set_current_output(None)
+    assert buffer.lines == ["once 1"]
+    assert all(type(line) is str for line in buffer.lines)

@@ -162,6 +162,35 @@ def _walk_no_nested(nodes: Iterable[ast.AST]) -> Iterator[ast.AST]:
         stack.extend(_children(node))
 
 
+_ENUM_FACTORIES = frozenset(
+    {"enum.Enum", "enum.IntEnum", "enum.Flag", "enum.IntFlag", "enum.StrEnum"}
+)
+
+
+def _loop_jumps(nodes: Iterable[ast.AST]) -> Iterator[ast.AST]:
+    """``break``/``continue`` among ``nodes`` that leave them (not inside a loop of theirs)."""
+    stack = [(node, False) for node in nodes]
+    while stack:
+        node, in_loop = stack.pop()
+        if isinstance(node, ast.Break | ast.Continue) and not in_loop:
+            yield node
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Lambda):
+            continue
+        loop = isinstance(node, ast.For | ast.While | ast.AsyncFor)
+        orelse = node.orelse if loop else ()  # type: ignore[attr-defined]
+        for child in _children(node):
+            stack.append((child, in_loop or (loop and child not in orelse)))
+
+
+def _suppressing_returns(method: ast.FunctionDef) -> Iterator[ast.Return]:
+    """``return`` statements of an ``__exit__`` that may return a true value."""
+    for sub in _walk_no_nested(method.body):
+        if isinstance(sub, ast.Return) and not (
+            sub.value is None or (isinstance(sub.value, ast.Constant) and not sub.value.value)
+        ):
+            yield sub
+
+
 # --------------------------------------------------------------------------------------
 # The visitor
 # --------------------------------------------------------------------------------------
@@ -279,7 +308,10 @@ class KernelChecker(ast.NodeVisitor):
         #: body): the only ``_`` attributes it may read (PK309).
         self.kernel_attributes: set[str] = set()
         self.kernel_classes: set[str] = set()
+        self._tree_body: list[ast.stmt] = []
         self._class_dunder_targets: set[int] = set()
+        #: ids of decorator expressions (PK404: decorators that change their argument).
+        self._decorators: set[int] = set()
         #: Locals assigned a library class or function by its dotted name
         #: (``e = json.JSONEncoder``): writing to their attributes is PK404.
         self._library_candidates: list[tuple[str, ast.expr]] = []
@@ -337,7 +369,6 @@ class KernelChecker(ast.NodeVisitor):
                 return name not in scope.imports
         return False
 
-
     def _is_module(self, node: ast.expr) -> bool:
         """Whether ``node`` names an imported module (``operator``, ``collections.abc``)."""
         dotted = self._dotted(node)
@@ -375,6 +406,7 @@ class KernelChecker(ast.NodeVisitor):
         }
         self.module_vars = self.module_bound - imported
         self.kernel_classes = {s.name for s in tree.body if isinstance(s, ast.ClassDef)}
+        self._tree_body = tree.body
         self._resolve_aliases()
         self._type_names = frozenset(
             {"type"} | {n for n, v in self.builtin_aliases.items() if "type" in v}
@@ -503,8 +535,7 @@ class KernelChecker(ast.NodeVisitor):
             self.warn(
                 "PK503",
                 stmt,
-                f"unknown kernel setting {name}; the known ones are "
-                + ", ".join(CONFIG_NAMES),
+                f"unknown kernel setting {name}; the known ones are " + ", ".join(CONFIG_NAMES),
             )
             return
         number = value.value if isinstance(value, ast.Constant) else None
@@ -541,7 +572,7 @@ class KernelChecker(ast.NodeVisitor):
             hint = f" ({root} is allowed, its submodule {module} is not)"
         return (
             f"module '{module}' is not on the kernel allow-list{hint}: kernels may not do I/O "
-            "or reach interpreter state; pass data in as arguments or \"@key\" inputs and "
+            'or reach interpreter state; pass data in as arguments or "@key" inputs and '
             "write with effects. Allowed: "
             + ", ".join(sorted(self.policy.allowed_modules))
             + " (an operator can extend the list with 'pyrecksc policy set')"
@@ -767,6 +798,57 @@ class KernelChecker(ast.NodeVisitor):
                     )
         self.generic_visit(node)
 
+    def _enum_functional_names(self, dotted: str, node: ast.Call) -> None:
+        """PK532: ``enum.Enum("E", [("__del__", f)])`` installs a class hook by name."""
+        names = [*node.args[1:], *(k.value for k in node.keywords if k.arg == "names")]
+        for sub in _walk_no_nested(names):
+            if isinstance(sub, ast.Constant) and isinstance(sub.value, str):
+                for part in sub.value.replace(",", " ").split():
+                    if part.startswith("_"):
+                        self.error(
+                            "PK532",
+                            sub,
+                            f"{dotted}() functional API with the member name {part!r}: every "
+                            "name becomes a class attribute, so '_' names install class hooks "
+                            "(__del__, __init_subclass__, …) or private attributes; name "
+                            "members without a leading underscore",
+                        )
+                        return
+
+    def _plain_super(self, call: ast.Call) -> bool:
+        """``super()`` or ``super(C, obj)`` with ``C`` a kernel class and ``obj`` not a class:
+        the forms whose ``__init__`` is bound to the kernel's own instance."""
+        args = call.args
+        if not args and not call.keywords:
+            return True
+        return (
+            len(args) == 2
+            and all(isinstance(a, ast.Name) for a in args)
+            and args[0].id in self.kernel_classes  # type: ignore[attr-defined]
+            and args[1].id not in self.kernel_classes  # type: ignore[attr-defined]
+        )
+
+    def _own_init(self, name: str, depth: int = 0) -> bool:
+        """Whether ``Name.__init__`` of a kernel class is the kernel's own function: the class
+        (or a kernel base) defines it, or nothing but ``object`` does; a library base's
+        ``__init__`` read through a kernel subclass re-initialises shared objects."""
+        cls = next(
+            (s for s in self._tree_body if isinstance(s, ast.ClassDef) and s.name == name),
+            None,
+        )
+        if cls is None or depth > 20:
+            return False
+        if cls.decorator_list or any(
+            isinstance(s, ast.FunctionDef) and s.name == "__init__" for s in cls.body
+        ):
+            return True
+        return all(
+            isinstance(b, ast.Name)
+            and b.id in self.kernel_classes
+            and self._own_init(b.id, depth + 1)
+            for b in cls.bases
+        )
+
     def _typed_attribute(self, node: ast.Attribute) -> None:
         """PK309/PK301/PK307: names whose verdict depends on the object (the rule book's
         type-dependent and private names), judged as far as the text shows the object."""
@@ -778,9 +860,14 @@ class KernelChecker(ast.NodeVisitor):
                 isinstance(base, ast.Call)
                 and isinstance(base.func, ast.Name)
                 and base.func.id == "super"
+                and self._plain_super(base)
             ) or (
                 isinstance(base, ast.Name)
-                and (base.id in self.kernel_classes or self._dotted(base) is None)
+                and (
+                    self._own_init(base.id)
+                    if base.id in self.kernel_classes
+                    else self._dotted(base) is None
+                )
             ):
                 return  # super().__init__, Base.__init__(self) of a kernel class, self.__init__
             self.error(
@@ -793,8 +880,11 @@ class KernelChecker(ast.NodeVisitor):
         elif attr in rulebook.CLASS_REFUSED_ATTRIBUTES:
             dotted = self._dotted(base)
             value = self._value_of(dotted) if dotted else _MISSING
-            if isinstance(value, abc.ABCMeta) or (
-                isinstance(base, ast.Name) and base.id in self.kernel_classes
+            origin = getattr(value, "__origin__", None) if value is not _MISSING else None
+            if (
+                isinstance(value, abc.ABCMeta)
+                or isinstance(origin, abc.ABCMeta)  # typing.Mapping.register is Mapping's
+                or (isinstance(base, ast.Name) and base.id in self.kernel_classes)
             ):
                 self.error(
                     "PK307",
@@ -887,9 +977,9 @@ class KernelChecker(ast.NodeVisitor):
         ):
             self._type_of(node)
         if not (type(func) is ast.Name and func.id in ("isinstance", "issubclass")):
-            for arg in node.args if not node.keywords else [
-                *node.args, *(k.value for k in node.keywords)
-            ]:
+            for arg in (
+                node.args if not node.keywords else [*node.args, *(k.value for k in node.keywords)]
+            ):
                 if (
                     type(arg) is ast.Name
                     and arg.id in type_names
@@ -999,6 +1089,17 @@ class KernelChecker(ast.NodeVisitor):
                 return
 
     def _module_call(self, dotted: str, node: ast.Call) -> None:
+        if dotted in _ENUM_FACTORIES:
+            self._enum_functional_names(dotted, node)
+        changes = rulebook.DECORATORS_THAT_CHANGE_THEIR_ARGUMENT.get(dotted)
+        if changes is not None and id(node) not in self._decorators:
+            self.error(
+                "PK404",
+                node,
+                f"{dotted}() called other than as a decorator: {changes}, which may be a "
+                "library class or a module-level one that every run shares; write "
+                f"@{dotted} above a class or function you define",
+            )
         if dotted in rulebook.MODULE_STATE_FUNCTIONS:
             self.error(
                 "PK404",
@@ -1017,8 +1118,10 @@ class KernelChecker(ast.NodeVisitor):
             random_call = module == "random" and attr not in RANDOM_SAFE and attr != "shuffle"
             if random_call and attr == "Random" and node.args:
                 random_call = False
-            if dotted in rulebook.NONDETERMINISTIC or random_call or (
-                dotted == "random.Random" and not node.args
+            if (
+                dotted in rulebook.NONDETERMINISTIC
+                or random_call
+                or (dotted == "random.Random" and not node.args)
             ):
                 self.warn(
                     "PK405",
@@ -1176,6 +1279,7 @@ class KernelChecker(ast.NodeVisitor):
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
         for deco in node.decorator_list:
+            self._decorators.add(id(deco))
             self.visit(deco)
         self.visit(node.args)
         if node.returns is not None:
@@ -1244,6 +1348,7 @@ class KernelChecker(ast.NodeVisitor):
     visit_DictComp = _visit_comprehension
 
     def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        self._decorators.update(map(id, node.decorator_list))
         for kw in node.keywords:
             self.error(
                 "PK530",
@@ -1263,13 +1368,24 @@ class KernelChecker(ast.NodeVisitor):
                     f"class {node.name}: a class body may only hold methods, a docstring and "
                     "attribute assignments; move the statement into a method",
                 )
+            elif isinstance(stmt, ast.FunctionDef) and stmt.name == "__exit__":
+                for ret in _suppressing_returns(stmt):
+                    self.error(
+                        "PK521",
+                        ret,
+                        f"class {node.name}: an __exit__ that returns a true value swallows "
+                        "the exception of the with block, the VM's timeout signal included; "
+                        "return None and catch the exceptions you expect with except",
+                    )
             elif isinstance(stmt, ast.FunctionDef) and stmt.name in rulebook.CLASS_HOOKS:
                 self.error(
                     "PK532",
                     stmt,
                     f"class {node.name}: {stmt.name} runs at times the VM does not control "
-                    "(__del__ outside any time limit) or changes other classes; kernels may "
-                    "not define class hooks: do the work in an ordinary method",
+                    "(__del__ outside any time limit), changes other classes, or hands "
+                    "library code a recipe it follows blindly (copy calls what __reduce__ "
+                    "returns); kernels may not define class hooks: do the work in an "
+                    "ordinary method",
                 )
             elif isinstance(stmt, ast.Assign | ast.AnnAssign):
                 for target in stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]:
@@ -1379,6 +1495,14 @@ class KernelChecker(ast.NodeVisitor):
         for stmt in node.orelse:
             self.visit(stmt)
         for sub in _walk_no_nested(node.finalbody):
+            if isinstance(sub, ast.Raise) and sub.exc is not None:
+                self.error(
+                    "PK521",
+                    sub,
+                    "raising inside 'finally' replaces the exception in flight, including "
+                    "the VM's timeout signal (an outer except would then swallow it); raise "
+                    "after the try statement instead",
+                )
             if isinstance(sub, ast.Return):
                 self.error(
                     "PK521",
@@ -1386,10 +1510,37 @@ class KernelChecker(ast.NodeVisitor):
                     "'return' inside 'finally' swallows every exception, including the VM's "
                     "timeout signal; return after the try statement instead",
                 )
+        if node.finalbody:
+            self._yield_in_cleanup(
+                [*node.body, *node.handlers, *node.orelse], "a 'try' with 'finally:'"
+            )
+        for sub in _loop_jumps(node.finalbody):
+            word = "break" if isinstance(sub, ast.Break) else "continue"
+            self.error(
+                "PK521",
+                sub,
+                f"'{word}' inside 'finally' swallows every exception, including the VM's "
+                "timeout signal; leave the loop after the try statement instead",
+            )
         for stmt in node.finalbody:
             self.visit(stmt)
 
     visit_TryStar = visit_Try  # type: ignore[assignment]
+
+    def visit_With(self, node: ast.With) -> None:
+        self._yield_in_cleanup(node.body, "a 'with' block")
+        self.generic_visit(node)
+
+    def _yield_in_cleanup(self, nodes: list[Any], where: str) -> None:
+        for sub in _walk_no_nested(nodes):
+            if isinstance(sub, ast.Yield | ast.YieldFrom):
+                self.error(
+                    "PK521",
+                    sub,
+                    f"'yield' inside {where}: when the generator is dropped its cleanup runs "
+                    "at finalization, where every exception, the VM's timeout included, is "
+                    "swallowed; yield outside the block",
+                )
 
     # PK6xx: return strings ---------------------------------------------------------------
 

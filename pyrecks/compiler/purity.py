@@ -158,9 +158,7 @@ class _Rules:
                         return problem
             return None
         if isinstance(node, ast.Subscript):  # Callable[[int], int]: the list is consumed
-            return self._value(node.value, False, default) or self._value(
-                node.slice, True, default
-            )
+            return self._value(node.value, False, default) or self._value(node.slice, True, default)
         if isinstance(node, ast.NamedExpr | ast.Await | ast.Yield | ast.YieldFrom):
             return Problem(
                 "PK502",
@@ -232,6 +230,16 @@ class _Rules:
         self.decorators(node, local)
         for value in [*node.args.defaults, *node.args.kw_defaults]:
             self.value(value, default=True)
+        args = node.args
+        for arg in [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]:
+            if arg is not None:
+                self.annotation(arg.annotation)
+        self.annotation(node.returns)
+
+    def annotation(self, node: ast.expr | None) -> None:
+        """Annotations of module-level functions, class bodies and module-level names are
+        evaluated when the kernel is loaded, like values (``x: re.match(...)`` runs)."""
+        self.value(node, consumed=True)
 
     def klass(self, node: ast.ClassDef) -> None:
         self.decorators(node, set())
@@ -247,6 +255,8 @@ class _Rules:
                 local.add(stmt.name)
             elif isinstance(stmt, ast.Assign | ast.AnnAssign):
                 self.value(stmt.value)
+                if isinstance(stmt, ast.AnnAssign):
+                    self.annotation(stmt.annotation)
                 for target in stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]:
                     if isinstance(target, ast.Name):
                         local.add(target.id)
@@ -304,6 +314,8 @@ class _Rules:
                     f"build the value inside {self.name}() instead",
                 )
         self.value(stmt.value)
+        if isinstance(stmt, ast.AnnAssign):
+            self.annotation(stmt.annotation)
 
 
 def target_leaves(target: ast.expr) -> Iterator[ast.expr]:

@@ -13,6 +13,9 @@ kernel code                                 compiled as
 kernel defines or imports
 ``obj.x = v``, ``del obj.x``, ``obj.x += 1``  ``_pyrecks_write(obj, "x").x = v``
 ``except T:`` / ``except:``                 ``except _pyrecks_catch(T):`` / ``_pyrecks_catch()``
+``with cm as x:``                           ``with _pyrecks_with(cm) as x:``
+``finally: F``                              ``finally: try: F`` / ``except BaseException as
+                                            e: _pyrecks_finally(e); raise``
 end of the module body                      ``_pyrecks_module_done()``
 ==========================================  ================================================
 
@@ -25,7 +28,10 @@ names starting with ``_pyrecks_`` and dunder names other than ``__name__``/``__d
 ``__debug__``; ``global``/``nonlocal``; class keywords (metaclasses) and class hooks
 (``__del__``, ``__init_subclass__``, …); ``match`` class patterns that read refused attributes
 (``case object(__class__=t)`` — the interpreter reads those attributes itself, with no node a
-guard could wrap); and load-time code that is not pure (:mod:`pyrecks.compiler.purity`).
+guard could wrap); ``return``/``break``/``continue`` that leave a ``finally:`` clause,
+``yield`` inside ``try ... finally:`` or ``with`` (the cleanup would run at finalization,
+where exceptions are swallowed) and ``async with``; and load-time code that is not pure
+(:mod:`pyrecks.compiler.purity`).
 
 The rewrite runs in :func:`pyrecks.compiler.compiler.compile_kernel` after the checker and
 in :func:`compile_guarded` without it, so the stored bytecode always carries the guards.
@@ -271,6 +277,57 @@ class _Walk:
             push(stmt)
         return True
 
+    def with_(self, node: ast.With, push: Any) -> bool:
+        """``with cm as x:`` -> ``with _pyrecks_with(cm) as x:`` (a kernel's ``__exit__`` may
+        not suppress the VM's timeout)."""
+        _no_yield(node.body, "a 'with' block")
+        for item in node.items:
+            item.context_expr = _guard(
+                "with", item.context_expr, self.expr_child(item.context_expr, push)
+            )
+            if item.optional_vars is not None:
+                item.optional_vars = self.expr_child(item.optional_vars, push)
+        for stmt in reversed(node.body):
+            push(stmt)
+        return True
+
+    def async_with(self, node: ast.AsyncWith, push: Any) -> bool:
+        return _refuse(node, "'async with' is not available in kernels (kernels are synchronous)")
+
+    def try_(self, node: ast.Try, push: Any) -> bool:
+        """``return``/``break``/``continue`` in ``finally:`` drop the exception in flight, the
+        VM's timeout included (PEP 765): refused; the body runs under the ``finally`` guard
+        (raising another exception there would replace the timeout)."""
+        for stmt in node.finalbody:
+            _no_jump_out(stmt, loop=False)
+        for child in (*node.body, *node.handlers, *node.orelse, *node.finalbody):
+            push(child)
+        if node.finalbody:
+            _no_yield([*node.body, *node.handlers, *node.orelse], "a 'try' with 'finally:'")
+            # ``finally: F`` -> ``finally: try: F / except BaseException as e:
+            # _pyrecks_finally(e); raise``: F may not replace the VM's signal in flight by
+            # raising something else (free unless F raises).
+            first, last = node.finalbody[0], node.finalbody[-1]
+            caught = f"{rulebook.GUARD_PREFIX}exc"
+            check = ast.Expr(_guard("finally", first, ast.Name(caught, _LOAD)))
+            reraise = ast.Raise(exc=None, cause=None)
+            handler = ast.ExceptHandler(
+                # (``BaseException`` by a reserved name: a kernel may shadow the builtin's)
+                type=ast.Name(G["base"], _LOAD),
+                name=caught,
+                body=[check, reraise],
+            )
+            guarded = ast.Try(body=node.finalbody, handlers=[handler], orelse=[], finalbody=[])
+            made_nodes: tuple[Any, ...] = (guarded, handler, handler.type, check, reraise)
+            for made in made_nodes:
+                ast.copy_location(made, first)
+                made.end_lineno, made.end_col_offset = last.end_lineno, last.end_col_offset
+            for name_node in ast.walk(check):
+                if not hasattr(name_node, "lineno"):
+                    ast.copy_location(name_node, first)
+            node.finalbody = [guarded]
+        return True
+
     def match_name(self, node: ast.AST, push: Any) -> bool:
         name = getattr(node, "name", None) or getattr(node, "rest", None)
         if name:
@@ -398,6 +455,50 @@ class _Walk:
             node.func = _guard("call", func, func)
 
 
+def _no_yield(nodes: list[Any], where: str) -> None:
+    """Refuse ``yield`` in ``where``: when the generator is dropped, its ``finally:`` or
+    ``__exit__`` runs at finalization, where every exception — the VM's timeout included —
+    is swallowed ("Exception ignored in: <generator ...>"), and possibly outside any call."""
+    stack = list(nodes)
+    while stack:
+        node = stack.pop()
+        kind = type(node)
+        if kind is ast.Yield or kind is ast.YieldFrom:
+            _refuse(
+                node,
+                f"'yield' inside {where}: the cleanup runs when the generator is dropped, "
+                "where exceptions (the timeout included) are swallowed; yield outside it",
+            )
+        if kind in (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef):
+            continue
+        stack.extend(ast.iter_child_nodes(node))
+
+
+def _no_jump_out(node: ast.AST, *, loop: bool) -> None:
+    """Refuse a statement under ``finally:`` that leaves the clause (``loop``: inside a loop
+    of the clause, where ``break``/``continue`` stay in it)."""
+    stack: list[tuple[ast.AST, bool]] = [(node, loop)]
+    while stack:
+        current, in_loop = stack.pop()
+        kind = type(current)
+        if kind is ast.Return or (not in_loop and kind in (ast.Break, ast.Continue)):
+            word = {ast.Return: "return", ast.Break: "break", ast.Continue: "continue"}[kind]
+            _refuse(
+                current,
+                f"'{word}' inside 'finally:' drops the exception in flight, including the "
+                "VM's timeout signal; leave the try statement first",
+            )
+        if kind in (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef):
+            continue
+        inner = in_loop or kind in (ast.For, ast.While, ast.AsyncFor)
+        for child in ast.iter_child_nodes(current):
+            if isinstance(child, ast.stmt | ast.excepthandler | ast.match_case):
+                # a loop's else: runs after the loop, where break/continue leave the clause
+                orelse = getattr(current, "orelse", None)
+                in_else = kind in (ast.For, ast.While, ast.AsyncFor) and child in (orelse or ())
+                stack.append((child, in_loop if in_else else inner))
+
+
 def _value_pattern(node: ast.expr) -> None:
     """``case Color.RED:`` / ``case {K.x: v}``: the interpreter reads these attributes itself
     (the pattern may only be a dotted name or a literal, so no guard can wrap it)."""
@@ -434,6 +535,10 @@ _SPECIAL: dict[type, Callable[..., bool]] = {
     ast.MatchStar: _Walk.match_name,
     ast.MatchMapping: _Walk.match_name,
     ast.MatchValue: _Walk.match_value,
+    ast.With: _Walk.with_,
+    ast.AsyncWith: _Walk.async_with,
+    ast.Try: _Walk.try_,
+    ast.TryStar: _Walk.try_,
 }
 
 

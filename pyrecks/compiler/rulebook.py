@@ -294,12 +294,24 @@ WRITABLE_ATTRIBUTES: Final = MappingProxyType(
     }
 )
 
+#: Mutable class attributes of rule-book classes that kernels can read (a plain attribute
+#: read of a class shared by the whole process): frozen (a read-only mapping) when the
+#: sandbox is imported, so ``TextWrapper.unicode_whitespace_trans[32] = "x"`` cannot change
+#: every kernel's ``textwrap``.
+FROZEN_CLASS_ATTRIBUTES: Final = MappingProxyType(
+    {
+        "textwrap.TextWrapper": _names("unicode_whitespace_trans"),
+    }
+)
+
 #: Special methods a kernel class may not define: they run at times the VM does not control
 #: (``__del__`` outside any deadline) or change other classes (subclass, class-item and
-#: descriptor hooks, metaclass hooks) — PK532.
+#: descriptor hooks, metaclass hooks), or hand library code a recipe it follows blindly
+#: (``copy.copy`` calls whatever callable ``__reduce__`` returns and updates the ``__dict__``
+#: of whatever object that returns: a module proxy, a function) — PK532.
 CLASS_HOOKS: Final = _names(
     "__del__ __init_subclass__ __class_getitem__ __set_name__ __prepare__ __instancecheck__ "
-    "__subclasscheck__ __subclasshook__ __mro_entries__"
+    "__subclasscheck__ __subclasshook__ __mro_entries__ __reduce__ __reduce_ex__"
 )
 
 #: Exceptions a handler may not catch without re-raising: the VM's timeout and shutdown
@@ -379,6 +391,21 @@ NONDETERMINISTIC: Final = _names(
     "datetime.datetime.today datetime.date.today uuid.uuid1 uuid.uuid4 random.SystemRandom"
 )
 
+#: Library functions that change the class or function passed to them (they set attributes
+#: on it, or register it in a process-wide table): as decorators of the kernel's own
+#: classes and functions they are fine; called on anything else (``dataclasses.dataclass(
+#: json.JSONEncoder)``, a module-level class from inside the entry function) they change an
+#: object every run of the kernel, or every kernel, shares (PK404).  At run time the sandbox
+#: hands out versions that accept only classes the running call defined.
+DECORATORS_THAT_CHANGE_THEIR_ARGUMENT: Final = MappingProxyType(
+    {
+        "dataclasses.dataclass": "it rewrites the class passed to it",
+        "functools.total_ordering": "it adds methods to the class passed to it",
+        "typing.final": "it sets an attribute on the object passed to it",
+        "typing.overload": "it records the function in a registry of the whole process",
+    }
+)
+
 #: Prefix of the names the rewriter gives its guards; kernels may not use such names.
 GUARD_PREFIX: Final = "_pyrecks_"
 
@@ -399,6 +426,9 @@ GUARDS: Final = MappingProxyType(
         "write": f"{GUARD_PREFIX}write",  # obj.name = v, del obj.name
         "catch": f"{GUARD_PREFIX}catch",  # except T:
         "module_done": f"{GUARD_PREFIX}module_done",  # end of the module body
+        "with": f"{GUARD_PREFIX}with",  # with cm: (a kernel's __exit__ may not swallow)
+        "finally": f"{GUARD_PREFIX}finally",  # finally: (may not replace the VM's signals)
+        "base": f"{GUARD_PREFIX}base",  # BaseException, by a name kernels cannot shadow
     }
 )
 

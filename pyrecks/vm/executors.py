@@ -109,7 +109,7 @@ class ThreadExecutor:
                 set_current_output(None)
         except KernelTimeout:
             timed_out = True
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt: a kernel's, not ours
             raise kernel_error(kernel.name, exc) from None
         finally:
             self._disarm(deadline)

@@ -3,8 +3,13 @@
 :mod:`pyrecks.compiler.rewriter` rewrites a kernel before compiling it (as RestrictedPython
 does): attribute reads whose verdict depends on the object (``_private``, dunder, frame and
 the few type-dependent names of the rule book), every attribute write, every call of a value
-the compiler cannot name, every ``except`` clause and the end of the module body become calls
-of the functions below.  The guards judge the object's *real type* against
+the compiler cannot name, every ``except`` clause, every ``with`` statement and ``finally:``
+body, and the end of the module body become calls of the functions below.  The module also
+holds the stand-ins the sandbox's module proxies hand out for library functions that would
+otherwise read attributes by name, change their argument or cache a kernel's objects
+process-wide (:data:`LIBRARY_OVERRIDES`), and, when imported, freezes the rule book's mutable
+class attributes and keeps kernels' objects out of ``typing``'s caches.  The guards judge
+the object's *real type* against
 :mod:`pyrecks.compiler.rulebook` — never the name it was reached through — so they hold for
 aliases, values returned by library functions and ``type(x)`` alike, and they hold whether or
 not the checker ran (the guards are in the stored bytecode).
@@ -29,9 +34,11 @@ import enum
 import functools
 import importlib
 import operator
+import re
 import string
 import types
 import typing
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NoReturn
 
@@ -80,6 +87,21 @@ class ModuleProxy(types.ModuleType):
 
 def _refuse(message: str) -> NoReturn:
     raise SandboxViolation(message)
+
+
+_str_copy = str.__str__
+
+
+def _exact(text: str) -> str:
+    """``text`` as an exact ``str``, for guards that inspect a kernel's string and then hand it
+    to C code.
+
+    A kernel's ``str`` subclass can override ``startswith``, ``__getitem__``, ``__contains__``
+    or ``split`` so that ``"__globals__"`` looks harmless to a guard, while ``getattr`` and
+    ``str.format`` read its characters, not its methods.  ``str.__str__`` copies the
+    characters into a plain ``str`` without calling anything the kernel defined.
+    """
+    return text if _real_type(text) is str else _str_copy(text)
 
 
 # -- who defined it ------------------------------------------------------------------------
@@ -140,11 +162,7 @@ def _judge_name(obj: Any, name: str) -> None:
     if name[:1] == "_":
         if rulebook.is_dunder(name):
             if name == "__init__":
-                if isinstance(obj, super) or (
-                    is_kernel_class(obj)
-                    if isinstance(obj, type)
-                    else is_kernel_class(_real_type(obj))
-                ):
+                if _own_init(obj):
                     return
                 _refuse(
                     "'.__init__' of an object the kernel did not define would re-initialise "
@@ -161,6 +179,32 @@ def _judge_name(obj: Any, name: str) -> None:
         return
     if name in rulebook.CLASS_REFUSED_ATTRIBUTES and isinstance(obj, abc.ABCMeta):
         _refuse(f"'{obj.__name__}.{name}': " + rulebook.CLASS_REFUSED_ATTRIBUTES[name])
+
+
+_super_self = super.__dict__["__self__"].__get__
+
+
+def _own_init(obj: Any) -> bool:
+    """Whether ``obj.__init__`` can only re-initialise an object the kernel made.
+
+    On an instance, it is bound to that instance: allowed when the instance is the kernel's.
+    On ``super(...)``, it is bound to the object ``super`` was given, so that object is
+    judged (``super(T, typing.List).__init__(dict)`` would re-initialise a shared alias);
+    ``super(C, C)`` hands out the unbound function, which applies to anything: refused.  On a
+    class, it is the unbound function of the first class of the MRO that defines it: allowed
+    when that is a kernel class (or ``object``, whose ``__init__`` does nothing) —
+    ``K.__init__(uuid.NAMESPACE_DNS, int=0)`` with ``class K(uuid.UUID): pass`` is
+    ``UUID.__init__`` applied to an object every kernel shares.
+    """
+    if isinstance(obj, super):
+        target = _super_self(obj)
+        return not isinstance(target, type) and is_kernel_class(_real_type(target))
+    if not isinstance(obj, type):
+        return is_kernel_class(_real_type(obj))
+    for klass in obj.__mro__:
+        if "__init__" in klass.__dict__:
+            return klass is object or is_kernel_class(klass)
+    return False
 
 
 def _kind(obj: Any) -> str:
@@ -180,7 +224,11 @@ _READ_OK: dict[type, set[str]] = {}
 
 def _type_decides(obj: Any, name: str) -> bool:
     """Whether the verdict for ``obj.name`` (allowed) holds for every object of its type."""
-    if isinstance(obj, type | types.ModuleType | super) or name in rulebook.WRAPPED_ATTRIBUTES:
+    if (
+        isinstance(obj, type | types.ModuleType | super)
+        or name in rulebook.WRAPPED_ATTRIBUTES
+        or name in rulebook.CLASS_REFUSED_ATTRIBUTES
+    ):
         return False
     cls = _real_type(obj)
     if not is_kernel_class(cls):
@@ -211,8 +259,23 @@ def getattr_(obj: Any, name: str) -> Any:
     value = _real_getattr(obj, name)
     if name in rulebook.WRAPPED_ATTRIBUTES:
         return _wrap_format(value)
+    if name in rulebook.CLASS_REFUSED_ATTRIBUTES:
+        _judge_value(value)
     _remember_read(obj, name)
     return value
+
+
+def _judge_value(value: Any) -> None:
+    """Refuse a bound method of a refused function, whatever object it was read from.
+
+    ``typing.Mapping.register`` is ``collections.abc.Mapping.register`` (typing's aliases
+    forward attribute reads to their origin class), so judging the object read from is not
+    enough: the value read is judged too.
+    """
+    if _real_type(value) is types.MethodType:
+        rule = _REFUSED_FUNCTIONS.get(id(value.__func__))
+        if rule is not None:
+            rule(value)
 
 
 def method(obj: Any, name: str) -> Any:
@@ -223,6 +286,8 @@ def method(obj: Any, name: str) -> Any:
     else:
         value = getattr_(obj, name)
     rule = _CALL_RULES.get(id(value))
+    # (A bound method of a refused function never reaches a kernel: every read of the names
+    # that could yield one — CLASS_REFUSED_ATTRIBUTES — judges the value read.)
     return value if rule is None else rule(value)
 
 
@@ -230,6 +295,7 @@ def guarded_getattr(obj: Any, name: str, *default: Any) -> Any:
     """The ``getattr`` builtin of kernels: the name is judged like ``obj.name``."""
     if not isinstance(name, str):
         raise TypeError("getattr(): attribute name must be a string")
+    name = _exact(name)
     if len(default) > 1:
         raise TypeError(f"getattr expected at most 3 arguments, got {2 + len(default)}")
     if rulebook.is_plain_attribute(name):
@@ -241,6 +307,8 @@ def guarded_getattr(obj: Any, name: str, *default: Any) -> Any:
         if default:
             return default[0]
         raise
+    if name in rulebook.CLASS_REFUSED_ATTRIBUTES:
+        _judge_value(value)
     return _wrap_format(value) if name in rulebook.WRAPPED_ATTRIBUTES else value
 
 
@@ -248,6 +316,7 @@ def guarded_hasattr(obj: Any, name: str) -> bool:
     """The ``hasattr`` builtin of kernels: refused names raise instead of answering."""
     if not isinstance(name, str):
         raise TypeError("hasattr(): attribute name must be a string")
+    name = _exact(name)
     if not rulebook.is_plain_attribute(name):
         _judge_name(obj, name)
     return _real_hasattr(obj, name)
@@ -276,6 +345,20 @@ _WRITABLE: dict[type, frozenset[str]] = {
 }
 
 
+#: Class -> "its instances take writes": kernel classes, except enumerations, whose members
+#: are made once when the module is loaded and shared by every call (``Color.RED.seen = []``
+#: would keep state between calls).  Bounded like :data:`_KERNEL_CLASSES`.
+_INSTANCE_WRITES: dict[type, bool] = {}
+
+
+def _instance_writes(cls: type) -> bool:
+    ok = is_kernel_class(cls) and not issubclass(cls, enum.Enum)
+    if len(_INSTANCE_WRITES) > 4096:
+        _INSTANCE_WRITES.clear()
+    _INSTANCE_WRITES[cls] = ok
+    return ok
+
+
 def write(obj: Any, name: str) -> Any:
     """Guard for ``obj.name = v`` / ``del obj.name`` / ``obj.name += v``: returns ``obj``.
 
@@ -286,13 +369,21 @@ def write(obj: Any, name: str) -> Any:
     ``_sunder_`` and frame names), so the common case is one dict lookup by type.
     """
     cls = _real_type(obj)
-    if _KERNEL_CLASSES.get(cls) or (cls not in _KERNEL_CLASSES and is_kernel_class(cls)):
+    own = _INSTANCE_WRITES.get(cls)
+    if own is None:
+        own = _instance_writes(cls)
+    if own:
         return obj  # an instance of a kernel class (kernel classes cannot be metaclasses)
     allowed = _WRITABLE.get(cls)
     if allowed is not None and name in allowed:
         return obj
     if isinstance(obj, types.ModuleType):
         _refuse(f"module {obj.__name__!r} is read-only in a kernel")
+    if isinstance(obj, enum.Enum):
+        _refuse(
+            f"{_kind(obj)} is an enumeration member, made once when the kernel is loaded "
+            f"and shared by every call: kernels may not set its attributes ('.{name}')"
+        )
     _refuse(
         f"kernels may only set attributes on instances of classes they define, not on a "
         f"{_kind(obj)} ('.{name}'): it is shared by every run of the kernel"
@@ -303,6 +394,7 @@ def _writable_name(name: str) -> str:
     """Names judged at run time (``setattr(obj, name, v)``): what the rewriter refuses."""
     if not isinstance(name, str):
         raise TypeError("attribute name must be a string")
+    name = _exact(name)
     if rulebook.refused_by_name(name) or rulebook.is_dunder(name):
         _refuse(f"kernels may not set the attribute '.{name}'")
     return name
@@ -310,12 +402,14 @@ def _writable_name(name: str) -> str:
 
 def guarded_setattr(obj: Any, name: str, value: Any) -> None:
     """The ``setattr`` builtin of kernels: judged like ``obj.name = value``."""
-    _real_setattr(write(obj, _writable_name(name)), name, value)
+    name = _writable_name(name)
+    _real_setattr(write(obj, name), name, value)
 
 
 def guarded_delattr(obj: Any, name: str) -> None:
     """The ``delattr`` builtin of kernels: judged like ``del obj.name``."""
-    _real_delattr(write(obj, _writable_name(name)), name)
+    name = _writable_name(name)
+    _real_delattr(write(obj, name), name)
 
 
 # -- str.format --------------------------------------------------------------------------------
@@ -347,6 +441,7 @@ def _reads_attributes(template: str) -> bool:
 
 def safe_format(template: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
     """``template.format(*args, **kwargs)``, with attribute fields judged by the guards."""
+    template = _exact(template)
     if _reads_attributes(template):
         return _FORMATTER.vformat(template, args, kwargs)
     return str.format(template, *args, **kwargs)
@@ -394,6 +489,7 @@ _STR_FORMAT_MAP = str.format_map
 def guarded_attrgetter(*paths: str) -> Callable[[Any], Any]:
     """``operator.attrgetter`` for kernels: every name judged like ``obj.name``."""
     split: list[list[str]] = []
+    paths = tuple(map(_exact, paths)) if all(isinstance(p, str) for p in paths) else paths
     for path in paths:
         if not isinstance(path, str):
             raise TypeError("attribute name must be a string")
@@ -415,6 +511,7 @@ def guarded_methodcaller(name: str, /, *args: Any, **kwargs: Any) -> Callable[[A
     """``operator.methodcaller`` for kernels: the method name judged like ``obj.name``."""
     if not isinstance(name, str):
         raise TypeError("method name must be a string")
+    name = _exact(name)
     if rulebook.is_plain_attribute(name):
         return operator.methodcaller(name, *args, **kwargs)
     return lambda obj: method(obj, name)(*args, **kwargs)
@@ -509,6 +606,9 @@ def _replace_by(replacement: Any) -> Callable[[Any], Any]:
 #: objects are kept alive in :data:`_CALL_TARGETS` so that their ids stay theirs.
 _CALL_RULES: dict[int, Callable[[Any], Any]] = {}
 _CALL_TARGETS: list[Any] = []
+#: The refusals of :data:`_CALL_RULES` alone: a bound method of one of these functions
+#: (``typing.Mapping.register`` is ``ABCMeta.register`` bound to ``Mapping``) is refused too.
+_REFUSED_FUNCTIONS: dict[int, Callable[[Any], Any]] = {}
 
 
 def _rule(target: Any, handler: Callable[[Any], Any]) -> None:
@@ -551,6 +651,7 @@ def _install_call_rules() -> None:
     ]
     for target, reason in refused:
         _rule(target, _refuser(reason))
+        _REFUSED_FUNCTIONS[id(target)] = _CALL_RULES[id(target)]
 
 
 _install_call_rules()
@@ -563,7 +664,14 @@ def call(f: Any) -> Any:
     become their guarded versions, refused callables raise, everything else is ``f`` itself.
     """
     rule = _CALL_RULES.get(id(f))
-    return f if rule is None else rule(f)
+    if rule is not None:
+        return rule(f)
+    if _real_type(f) is _MethodType and id(f.__func__) in _REFUSED_FUNCTIONS:
+        _judge_value(f)
+    return f
+
+
+_MethodType = types.MethodType
 
 
 # -- except clauses ------------------------------------------------------------------------------
@@ -602,6 +710,385 @@ def catch(spec: Any = None) -> Any:
         return _CONTROL.get(spec, spec)
     except TypeError:  # unhashable: Python raises its own error for it
         return spec
+
+
+# -- with statements -----------------------------------------------------------------------------
+
+#: Exceptions an ``__exit__`` of the kernel's may not suppress (as :func:`catch` never catches).
+_UNSUPPRESSIBLE: tuple[type[BaseException], ...] = (
+    KernelTimeout,
+    SystemExit,
+    KeyboardInterrupt,
+    GeneratorExit,
+)
+
+
+class _NoSwallow:
+    """A kernel's context manager whose ``__exit__`` may not suppress the VM's signals.
+
+    ``with cm:`` suppresses the exception when ``type(cm).__exit__`` returns a true value:
+    ``def __exit__(self, *exc): return True`` would swallow the timeout like a bare
+    ``except:`` does.  The ``with`` guard hands this stand-in to the statement instead.
+    """
+
+    __slots__ = ("_cm", "_enter", "_exit")
+
+    def __init__(self, cm: Any) -> None:
+        cls = _real_type(cm)
+        enter = _real_getattr(cls, "__enter__", None)
+        exit_ = _real_getattr(cls, "__exit__", None)
+        if enter is None or exit_ is None:
+            raise TypeError(
+                f"'{cls.__qualname__}' object does not support the context manager protocol"
+            )
+        self._cm, self._enter, self._exit = cm, enter, exit_
+
+    def __enter__(self) -> Any:
+        return self._enter(self._cm)
+
+    def __exit__(self, kind: Any, value: Any, tb: Any) -> Any:
+        signal = kind is not None and issubclass(kind, _UNSUPPRESSIBLE)
+        try:
+            suppress = self._exit(self._cm, kind, value, tb)
+        except BaseException:
+            if signal:  # raising another exception would replace the signal in flight
+                raise value from None
+            raise
+        if suppress and signal:
+            return False
+        return suppress
+
+
+def with_(cm: Any) -> Any:
+    """Guard for ``with cm:``: a kernel's own context manager goes through :class:`_NoSwallow`
+    (library context managers of the rule book never suppress exceptions)."""
+    cls = _real_type(cm)
+    own = _KERNEL_CLASSES.get(cls)
+    if own is None:
+        own = is_kernel_class(cls)
+    return _NoSwallow(cm) if own else cm
+
+
+def finally_(exc: BaseException) -> None:
+    """Guard for a ``finally:`` body that raised ``exc``: raise the VM signal it replaces.
+
+    ``try: ... finally: raise ValueError`` replaces the exception in flight, and an outer
+    ``except ValueError:`` would then swallow the timeout.  The rewriter compiles
+    ``finally: F`` as ``finally: try: F / except BaseException as e: _pyrecks_finally(e);
+    raise`` (no cost unless F raises): a VM signal in ``exc``'s context chain was in flight
+    when F started (kernels can never catch one), so it is raised again instead of ``exc``.
+    """
+    if isinstance(exc, _UNSUPPRESSIBLE):
+        return
+    seen = 0
+    context = exc.__context__
+    while context is not None and seen < 100:
+        if isinstance(context, _UNSUPPRESSIBLE):
+            raise context from None
+        context = context.__context__
+        seen += 1
+
+
+# -- library functions that change their argument ---------------------------------------------
+
+#: Kernel classes the module body left behind (sealed by :func:`module_done`): shared by every
+#: call, so a call may not change them (``dataclasses.dataclass(C)`` from the entry function).
+_SEALED: weakref.WeakSet[type] = weakref.WeakSet()
+
+
+def _own_fresh_class(cls: Any, what: str) -> None:
+    if isinstance(cls, type) and is_kernel_class(cls) and cls not in _SEALED:
+        return
+    _refuse(
+        f"{what} changes the class passed to it, and {_kind(cls)} is shared (a library "
+        "class, or a class of the module level, which every call shares): use it as a "
+        "decorator of a class you define"
+    )
+
+
+def guarded_dataclass(cls: Any = None, /, **options: Any) -> Any:
+    """``dataclasses.dataclass`` for kernels: only on classes the running code defines."""
+    if cls is None:
+        return lambda c: guarded_dataclass(c, **options)
+    _own_fresh_class(cls, "dataclasses.dataclass")
+    return dataclasses.dataclass(cls, **options)
+
+
+def guarded_total_ordering(cls: Any) -> Any:
+    """``functools.total_ordering`` for kernels: only on classes the running code defines."""
+    _own_fresh_class(cls, "functools.total_ordering")
+    return functools.total_ordering(cls)
+
+
+def guarded_final(f: Any) -> Any:
+    """``typing.final`` for kernels: a marker for type checkers that sets no attribute."""
+    return f
+
+
+def _overload_dummy(*args: Any, **kwargs: Any) -> NoReturn:
+    raise NotImplementedError(
+        "You should not call an overloaded function. A series of @overload-decorated "
+        "functions outside a stub module should always be followed by an implementation "
+        "that is not @overload-ed."
+    )
+
+
+def guarded_overload(f: Any) -> Any:
+    """``typing.overload`` for kernels: without typing's process-wide registry."""
+    return _overload_dummy
+
+
+def _exact_pattern(pattern: Any) -> Any:
+    """A ``str``/``bytes`` pattern as an exact ``str``/``bytes``.
+
+    The ``re`` module caches compiled patterns process-wide and ``Pattern.pattern`` hands the
+    cached pattern object back: an instance of a kernel's ``str`` subclass stored there would
+    carry its attributes from one call (and kernel) to the next.
+    """
+    kind = _real_type(pattern)
+    if kind is str or kind is bytes or kind is re.Pattern:
+        return pattern
+    if isinstance(pattern, str):
+        return "".join((pattern,))
+    if isinstance(pattern, bytes):
+        return b"".join((pattern,))
+    return pattern
+
+
+_re_compile = re._compile  # type: ignore[attr-defined]
+
+
+# ``re``'s functions as ``re`` writes them (``_compile(pattern, flags).match(string)``), with
+# the pattern made exact first: no extra call on the hot path.
+def _re_compile_exact(pattern: Any, flags: Any = 0) -> Any:
+    if _real_type(pattern) is not str:
+        pattern = _exact_pattern(pattern)
+    return _re_compile(pattern, flags)
+
+
+def _re_match(pattern: Any, string: Any, flags: Any = 0) -> Any:
+    if _real_type(pattern) is not str:
+        pattern = _exact_pattern(pattern)
+    return _re_compile(pattern, flags).match(string)
+
+
+def _re_fullmatch(pattern: Any, string: Any, flags: Any = 0) -> Any:
+    if _real_type(pattern) is not str:
+        pattern = _exact_pattern(pattern)
+    return _re_compile(pattern, flags).fullmatch(string)
+
+
+def _re_search(pattern: Any, string: Any, flags: Any = 0) -> Any:
+    if _real_type(pattern) is not str:
+        pattern = _exact_pattern(pattern)
+    return _re_compile(pattern, flags).search(string)
+
+
+def _re_sub(pattern: Any, repl: Any, string: Any, count: Any = 0, flags: Any = 0) -> Any:
+    if _real_type(pattern) is not str:
+        pattern = _exact_pattern(pattern)
+    return _re_compile(pattern, flags).sub(repl, string, count)
+
+
+def _re_subn(pattern: Any, repl: Any, string: Any, count: Any = 0, flags: Any = 0) -> Any:
+    if _real_type(pattern) is not str:
+        pattern = _exact_pattern(pattern)
+    return _re_compile(pattern, flags).subn(repl, string, count)
+
+
+def _re_split(pattern: Any, string: Any, maxsplit: Any = 0, flags: Any = 0) -> Any:
+    if _real_type(pattern) is not str:
+        pattern = _exact_pattern(pattern)
+    return _re_compile(pattern, flags).split(string, maxsplit)
+
+
+def _re_findall(pattern: Any, string: Any, flags: Any = 0) -> Any:
+    if _real_type(pattern) is not str:
+        pattern = _exact_pattern(pattern)
+    return _re_compile(pattern, flags).findall(string)
+
+
+def _re_finditer(pattern: Any, string: Any, flags: Any = 0) -> Any:
+    if _real_type(pattern) is not str:
+        pattern = _exact_pattern(pattern)
+    return _re_compile(pattern, flags).finditer(string)
+
+
+_RE_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "compile": _re_compile_exact,
+    "match": _re_match,
+    "fullmatch": _re_fullmatch,
+    "search": _re_search,
+    "sub": _re_sub,
+    "subn": _re_subn,
+    "split": _re_split,
+    "findall": _re_findall,
+    "finditer": _re_finditer,
+}
+for _name, _function in _RE_FUNCTIONS.items():
+    _function.__name__ = _function.__qualname__ = _name
+    _function.__doc__ = _real_getattr(re, _name).__doc__
+
+
+_NOT_FOUND = object()
+
+
+class KernelCachedProperty(functools.cached_property):  # type: ignore[type-arg,unused-ignore]
+    """``functools.cached_property`` without the lock (Python 3.12's version).
+
+    Python 3.11's ``cached_property`` holds an ``RLock`` in its public ``lock`` attribute,
+    one per decorated method and so shared by every call of a module-level class:
+    ``C.v.lock.acquire()`` would block the next call forever, inside C code the timeout
+    cannot interrupt.  This subclass never creates it.
+    """
+
+    def __init__(self, func: Callable[[Any], Any]) -> None:
+        self.func = func
+        self.attrname = None
+        self.__doc__ = func.__doc__
+        self.__module__ = func.__module__
+
+    def __get__(self, instance: Any, owner: Any = None) -> Any:
+        if instance is None:
+            return self
+        if self.attrname is None:
+            raise TypeError(
+                "Cannot use cached_property instance without calling __set_name__ on it."
+            )
+        try:
+            cache = instance.__dict__
+        except AttributeError:
+            raise TypeError(
+                f"No '__dict__' attribute on {type(instance).__name__!r} instance to cache "
+                f"{self.attrname!r} property."
+            ) from None
+        value = cache.get(self.attrname, _NOT_FOUND)
+        if value is _NOT_FOUND:
+            value = self.func(instance)
+            cache[self.attrname] = value
+        return value
+
+
+KernelCachedProperty.__name__ = KernelCachedProperty.__qualname__ = "cached_property"
+KernelCachedProperty.__module__ = "functools"
+
+
+def _freeze_class_attributes() -> None:
+    """:data:`~pyrecks.compiler.rulebook.FROZEN_CLASS_ATTRIBUTES`: dicts become read-only."""
+    for dotted, names in rulebook.FROZEN_CLASS_ATTRIBUTES.items():
+        cls = _resolve_type(dotted)
+        for name in names if cls is not None else ():
+            value = cls.__dict__.get(name)
+            if _real_type(value) is dict:
+                _real_setattr(cls, name, types.MappingProxyType(dict(value)))
+
+
+_freeze_class_attributes()
+
+
+def _holds_kernel_value(values: Iterable[Any], depth: int = 0) -> bool:
+    """Whether ``values`` (nested tuples and lists too) hold an instance of a kernel class."""
+    for value in values:
+        kind = _real_type(value)
+        if kind is tuple or kind is list:
+            if depth < 10 and _holds_kernel_value(value, depth + 1):
+                return True
+        elif kind is not type and kind is not str and is_kernel_class(kind):
+            return True
+    return False
+
+
+def _kernel_values_uncached(cached: Callable[..., Any]) -> Callable[..., Any]:
+    def filtered(*args: Any, **kwargs: Any) -> Any:
+        if _holds_kernel_value(args) or (kwargs and _holds_kernel_value(kwargs.values())):
+            raise TypeError("not cached: holds a kernel's object")  # typing falls back
+        return cached(*args, **kwargs)
+
+    return filtered
+
+
+def _uncache_kernel_values_in_typing() -> None:
+    """Keep kernels' objects out of ``typing``'s process-wide caches.
+
+    ``typing.Literal[o]``, ``typing.List[o]`` (any callable passes) and
+    ``typing.Annotated[int, o]`` are cached by their arguments (``functools.lru_cache``):
+    ``o`` would stay there, be handed back to the next call whose argument compares equal
+    (``o.__eq__`` decides), and its methods (``__repr__``, ``__eq__``) would run with the
+    old ``self`` later — state kept between calls, and kernel code run inside other
+    kernels' calls.  typing's cache wrapper calls the function uncached when the cache
+    raises ``TypeError`` (an unhashable argument), so each cache is wrapped to raise it for
+    arguments that hold an instance of a kernel class.
+    """
+    candidates: list[Any] = []
+    for obj in vars(typing).values():
+        if isinstance(obj, type):
+            for value in vars(obj).values():
+                candidates.append(_real_getattr(value, "__func__", value))
+        elif isinstance(obj, typing._SpecialForm):
+            candidates.append(_real_getattr(obj, "_getitem", None))
+    done: set[int] = set()
+    for function in candidates:
+        for cell in _real_getattr(function, "__closure__", None) or ():
+            try:
+                contents = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            if isinstance(contents, functools._lru_cache_wrapper) and id(contents) not in done:
+                done.add(id(contents))
+                cell.cell_contents = _kernel_values_uncached(contents)
+
+
+_uncache_kernel_values_in_typing()
+
+
+_real_enum_create = enum.EnumType._create_  # type: ignore[attr-defined]
+
+
+def _guarded_enum_create(cls: Any, class_name: Any, names: Any, **options: Any) -> Any:
+    """``Enum("E", names)`` (the functional API) with member names judged like class bodies.
+
+    The functional API turns every name into a class attribute: ``("__del__", f)`` would
+    install a finalizer (run by the garbage collector, outside any time limit),
+    ``("__init_subclass__", f)`` or ``("__reduce_ex__", f)`` a hook — everything the
+    rewriter refuses in a class statement.  Names must be plain ``str`` and not start with
+    ``_``.
+    """
+    # Materialised once (a kernel's iterable or pair could answer differently the second
+    # time): a plain str, a dict, or a list of str and tuples.
+    if isinstance(names, str):
+        names = _exact(names)
+        listed: list[Any] = names.replace(",", " ").split()
+    elif isinstance(names, Mapping):
+        names = dict(names)
+        listed = list(names)
+    else:
+        names = [item if _real_type(item) is str else tuple(item) for item in names]
+        listed = [item if _real_type(item) is str else item[0] for item in names]
+    for name in listed:
+        if _real_type(name) is not str:
+            _refuse("enum member names must be plain strings")
+        if name.startswith("_"):
+            _refuse(
+                f"enum member name {name!r}: the functional API makes every name a class "
+                "attribute, and names starting with '_' would install hooks or private "
+                "attributes; name members without a leading underscore"
+            )
+    return _real_enum_create(cls, class_name, names, **options)
+
+
+enum.EnumType._create_ = _guarded_enum_create  # type: ignore[attr-defined]
+
+
+#: The replacements the sandbox's module proxies hand out for these names.
+LIBRARY_OVERRIDES: dict[str, dict[str, Any]] = {
+    "dataclasses": {"dataclass": guarded_dataclass},
+    "functools": {
+        "total_ordering": guarded_total_ordering,
+        "cached_property": KernelCachedProperty,
+    },
+    "typing": {"final": guarded_final, "overload": guarded_overload},
+    "re": dict(_RE_FUNCTIONS),
+}
 
 
 # -- the end of the module body ------------------------------------------------------------------
@@ -667,7 +1154,7 @@ def module_done(namespace: Mapping[str, Any]) -> None:
         elif isinstance(value, types.FunctionType):
             problem = _function_state(value)
         elif isinstance(value, type) and is_kernel_class(value):
-            problem = _class_state(value)
+            problem = _class_state(value, 0)
         if problem is not None:
             _refuse(
                 f"module-level name {name!r} {problem}: module level may bind only immutable "
@@ -676,9 +1163,24 @@ def module_done(namespace: Mapping[str, Any]) -> None:
             )
 
 
-def _class_state(cls: type) -> str | None:
-    for attr, value in vars(cls).items():
-        if rulebook.is_dunder(attr) or rulebook.is_sunder(attr) or attr in _FACTORY_ATTRIBUTES:
+def _class_state(cls: type, depth: int) -> str | None:
+    """What in a module-level kernel class (and the classes nested in it) keeps state.
+
+    Also seals the class (:data:`_SEALED`) and freezes the dicts class factories leave on it
+    (``namedtuple``'s ``_field_defaults``), which kernels may read and would otherwise fill.
+    """
+    _SEALED.add(cls)
+    for attr, value in list(vars(cls).items()):
+        if attr in _FACTORY_ATTRIBUTES:
+            if _real_type(value) is dict:
+                type.__setattr__(cls, attr, types.MappingProxyType(dict(value)))
+            continue
+        if rulebook.is_dunder(attr) or rulebook.is_sunder(attr):
+            continue
+        if isinstance(value, type) and is_kernel_class(value) and depth < 20:
+            problem = _class_state(value, depth + 1)
+            if problem is not None:
+                return problem
             continue
         if isinstance(value, types.FunctionType):
             problem = _function_state(value)
@@ -703,6 +1205,9 @@ def namespace_guards(namespace: dict[str, Any]) -> dict[str, Any]:
         names["write"]: write,
         names["catch"]: catch,
         names["module_done"]: functools.partial(module_done, namespace),
+        names["with"]: with_,
+        names["finally"]: finally_,
+        names["base"]: BaseException,
     }
 
 

@@ -12,6 +12,10 @@ was linted.  Every kernel's code is rewritten before it is compiled
 * ``import`` goes through a guard with the policy's allow-list, and hands out read-only
   *proxies* of allowed modules that hold only the rule book's names for the module
   (``json.codecs``, ``functools.update_wrapper``, ``random._os`` do not exist in a kernel);
+* proxies hand out guarded stand-ins where a library function would read attributes by
+  name, change the class passed to it or cache a kernel's object process-wide
+  (:data:`~pyrecks.vm.guards.LIBRARY_OVERRIDES`: ``re``'s functions, ``dataclasses.dataclass``,
+  ``functools.total_ordering``/``cached_property``, ``typing.final``/``overload``);
 * the guard functions the rewritten code calls are in the namespace under reserved names;
 * ``print`` writes to the running step's output buffer, which the VM appends to the chain
   log (and echoes to its console);
@@ -69,6 +73,7 @@ _OVERRIDES: dict[str, dict[str, Any]] = {
         "methodcaller": guards.guarded_methodcaller,
         "call": guards.guarded_operator_call,
     },
+    **guards.LIBRARY_OVERRIDES,
 }
 
 
@@ -96,10 +101,22 @@ def set_current_output(buffer: OutputBuffer | None) -> None:
     _current.output = buffer
 
 
+_str_copy = str.__str__
+
+
 def _sandbox_print(*args: Any, sep: str | None = " ", end: str | None = "\n", **_: Any) -> None:
-    """``print`` for kernels: goes to the chain log; ``file=``/``flush=`` are ignored."""
-    text = (sep if sep is not None else " ").join(str(a) for a in args)
-    text += end if end is not None else "\n"
+    """``print`` for kernels: goes to the chain log; ``file=``/``flush=`` are ignored.
+
+    What reaches the buffer is exact ``str``: the VM reads the lines after the step, outside
+    its time limit, so no kernel object (a ``str`` subclass with its own ``splitlines``, a
+    ``sep`` with its own ``join``) may travel with them.
+    """
+    for name, value in (("sep", sep), ("end", end)):
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{name} must be None or a string, not {type(value).__name__}")
+    joiner = " " if sep is None else _str_copy(sep)
+    text = joiner.join([_str_copy(str(a)) for a in args])
+    text += "\n" if end is None else _str_copy(end)
     buffer = current_output()
     for line in text.splitlines():
         if buffer is None:
@@ -227,7 +244,9 @@ class Sandbox:
         It holds the rule book's names for the module (for a module the rule book does not
         list, an operator's addition: every public attribute that is not a module), minus the
         policy's ``forbidden_attributes``, with the guarded replacements of ``time.sleep``,
-        ``operator.attrgetter``, ``operator.methodcaller`` and ``operator.call``.
+        ``operator.attrgetter``, ``operator.methodcaller``, ``operator.call`` and
+        :data:`~pyrecks.vm.guards.LIBRARY_OVERRIDES` (``re``'s functions, the decorators that
+        change their argument).
         """
         with self._lock:
             cached = self._proxies.get(name)
