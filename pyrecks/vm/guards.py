@@ -1036,6 +1036,12 @@ def _uncache_kernel_values_in_typing() -> None:
             if isinstance(contents, functools._lru_cache_wrapper) and id(contents) not in done:
                 done.add(id(contents))
                 cell.cell_contents = _kernel_values_uncached(contents)
+    # From 3.12 on, typing's wrapper looks its cache up in the module-level ``_caches``.
+    caches = _real_getattr(typing, "_caches", None)
+    if isinstance(caches, dict):
+        for key, cache in list(caches.items()):
+            if isinstance(cache, functools._lru_cache_wrapper):
+                caches[key] = _kernel_values_uncached(cache)
 
 
 _uncache_kernel_values_in_typing()
