@@ -199,6 +199,14 @@ class RedisClusterServer:
                 return False
         return True
 
+    def _serves_no_slots_anywhere(self, gone: ClusterNode) -> bool:
+        return all(
+            not row["slots"]
+            for node in self.live_nodes()
+            for row in self._cluster_nodes(node)
+            if row["id"] == gone.node_id
+        )
+
     def masters_now(self) -> list[ClusterNode]:
         """Live nodes that serve slots as masters, as the first live node sees them."""
         viewer = self.live_nodes()[0]
@@ -245,6 +253,13 @@ class RedisClusterServer:
 
         _wait(lambda: promoted() is not None, timeout, f"failover of master {master.port}")
         _wait(self._state_ok_everywhere, timeout, "cluster_state:ok after the failover")
+        # Every node must also have learnt the new owner, or a client could still be sent to
+        # the dead master by a node whose view is one gossip round behind.
+        _wait(
+            functools.partial(self._serves_no_slots_anywhere, master),
+            timeout,
+            f"every node giving master {master.port}'s slots to its replica",
+        )
         winner = promoted()
         assert winner is not None
         return winner
