@@ -14,7 +14,7 @@ import redis
 from pyrecks.compiler.parser import parse
 from pyrecks.keys import Keyspace
 from pyrecks.vm.chainrun import ChainRun, Lost, RedisAccess, Roster
-from pyrecks.vm.chainstore import ChainStore
+from pyrecks.vm.chainstore import ChainStore, Commit
 from pyrecks.vm.committer import Claimed, Committer
 from pyrecks.vm.config import VMConfig
 from pyrecks.vm.failures import StepFailure
@@ -85,3 +85,38 @@ def test_release_keeps_the_progress_of_pure_steps(r: redis.Redis) -> None:
     committer.commit(run, "f", parse("f(1)"), [])
     assert committer.release(run)
     assert r.hmget(KS.chain("c"), "status", "step", "call") == [b"queued", b"1", b"f(1)"]
+
+
+def test_a_lost_reply_is_not_taken_for_a_landed_commit_when_redis_went_back(
+    r: redis.Redis,
+) -> None:
+    """After a power loss Redis may hold an *older* step of our own epoch.  Recovery once
+    read "the step moved" as "our commit landed", acknowledged the chain's entry as ended,
+    and left it running under a living owner with no entry: stranded for good."""
+    committer = make(r, checkpoint_steps=1, pipeline_below=0)
+    run = claimed(committer, r)
+    committer.commit(run, "f", parse('f(1) INCRBY [("n", 1)]'), [])
+    committer.commit(run, "f", parse('f(2) INCRBY [("n", 1)]'), [])
+    r.hset(KS.chain("c"), "step", "1")  # the AOF cut lost the commit of step 2
+    final = committer.store.commit("c", committer_commit_of(committer, run))
+    assert committer.recover(final, run).status == "fenced"
+
+
+def committer_commit_of(committer: Committer, run: ChainRun) -> Commit:
+    """The commit that would end ``run`` (what a lost reply leaves the committer holding)."""
+    return Commit(committer.fence(run), "2.0", ["status", "done"], [], done="3")
+
+
+def test_a_chain_redis_forgot_we_claimed_goes_back_to_the_queue_when_fenced(
+    r: redis.Redis,
+) -> None:
+    """The claim was lost with Redis' last second: the chain is queued again, and the entry
+    we hold is the only one naming it.  Dropping the chain leaves it to the stream, at
+    once (not a lease later) and never acknowledged away."""
+    committer = make(r, pipeline_below=0)
+    run = claimed(committer, r)
+    r.hset(KS.chain("c"), mapping={"status": "queued", "owner": "", "epoch": "0"})
+    with pytest.raises(Lost):
+        committer.commit(run, "f", parse('f(1) SET [("k", 1)]'), [])
+    assert committer.lost(run) is False  # never acknowledge the only entry ...
+    assert run.requeue  # ... hand it back: nobody else will deliver it

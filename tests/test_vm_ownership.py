@@ -8,10 +8,11 @@ import redis
 
 from pyrecks.api import Pyrecks
 from pyrecks.keys import Keyspace
-from pyrecks.vm.chainrun import RedisAccess, Roster
+from pyrecks.vm.chainrun import ChainRun, RedisAccess, Roster
 from pyrecks.vm.chainstore import GROUP, ChainStore
 from pyrecks.vm.config import VMConfig
 from pyrecks.vm.consumer import StreamConsumer
+from pyrecks.vm.machine import VM
 from pyrecks.vm.records import ChainStatus
 from tests.vm_helpers import raw_kernel
 
@@ -65,4 +66,41 @@ def test_a_vm_gives_back_within_a_heartbeat_a_chain_redis_says_it_owns(
             info = px.wait("c", timeout=20)
         assert owner.consumer.asked == ["c"]
     assert info.status is ChainStatus.DONE
+    assert px.result("c") == 2
+
+
+def test_a_start_delivered_again_after_redis_forgot_our_claim_is_not_acknowledged_away(
+    r: redis.Redis,
+) -> None:
+    """The power-loss stranding (tests/test_chaos_smoke.py): VM x claimed a chain through a
+    copy of its start on the resume stream; Redis then lost its last second — the copy, its
+    delivery and the claim — so the chain is queued and its original start is delivered
+    again, to x, which still runs the chain.  x used to acknowledge that start as a stale
+    duplicate; its commit was then fenced and nothing named the chain any more."""
+    raw_kernel(r, "inc", "def inc(n: int):\n    return 'return %d' % (n + 1)\n")
+    px = Pyrecks(r)
+    store = ChainStore(r, KS)
+    vm = VM(r, KS, VMConfig(name="x", echo=False, threads=1, isolation="thread"))
+    try:
+        vm.consumer.ensure_group()
+        store.create("c", "inc(1)", "1.0", enqueue=False).run()
+        copy = r.xadd(KS.resumes, {"chain": "c"}).decode()
+        r.xreadgroup(GROUP, "x", {KS.resumes: ">"})
+        run = vm.committer.claim("c", copy, False, KS.resumes)
+        assert isinstance(run, ChainRun)
+        # The power loss: the copy, its delivery and the claim are gone.
+        r.xack(KS.resumes, GROUP, copy)
+        r.xdel(KS.resumes, copy)
+        r.hset(KS.chain("c"), mapping={"status": "queued", "owner": "", "epoch": "0"})
+        start = r.xadd(KS.starts, {"chain": "c"}).decode()
+        r.xreadgroup(GROUP, "x", {KS.starts: ">"})
+        vm._handle_entry(KS.starts, start, {"chain": "c"}, False)  # x runs c already
+        vm._drive(run)  # x's commit is fenced: Redis has the chain queued
+    finally:
+        vm.executor.close()
+    # Nothing stranded: the start went back to the queue at once, for any VM.
+    assert r.xpending(KS.starts, GROUP)["pending"] == 0
+    assert [f[b"chain"] for _id, f in r.xrange(KS.resumes)] == [b"c"]
+    with px.local_vm(name="y", threads=1, isolation="thread", echo=False):
+        assert px.wait("c", timeout=20).status is ChainStatus.DONE
     assert px.result("c") == 2

@@ -90,6 +90,13 @@ class ChainRun:
     results: list[list[Any]] = field(default_factory=list)
     #: The stream the chain's entry is in (``starts`` or ``resume``).
     stream: str = ""
+    #: Other entries naming this chain that reached us while we ran it: (stream, entry id).
+    #: They leave with the chain, never before it: after Redis forgot our claim (a power
+    #: loss) such an entry may be the only one left naming the chain.
+    duplicates: list[tuple[str, str]] = field(default_factory=list)
+    #: Set when we lost the chain and Redis has it queued: our entries are handed back to
+    #: the queue when it leaves (no other entry may name it; see Committer.lost).
+    requeue: bool = False
 
 
 class Roster:
@@ -131,10 +138,24 @@ class Roster:
         with self._lock:
             return chain_id in self._running or chain_id in self._claiming
 
-    def entries(self) -> list[tuple[str, str]]:
-        """(stream, entry id) of every running chain."""
+    def hold(self, chain_id: str, stream: str, entry_id: str) -> bool:
+        """Keep another entry naming a running chain with it; False if it is not running."""
         with self._lock:
-            return [(run.stream, run.entry_id) for run in self._running.values()]
+            run = self._running.get(chain_id)
+            if run is None:
+                return False
+            if (stream, entry_id) != (run.stream, run.entry_id):
+                run.duplicates.append((stream, entry_id))
+            return True
+
+    def entries(self) -> list[tuple[str, str]]:
+        """(stream, entry id) of every running chain, and of the duplicates it holds."""
+        with self._lock:
+            return [
+                entry
+                for run in self._running.values()
+                for entry in [(run.stream, run.entry_id), *run.duplicates]
+            ]
 
 
 class RedisAccess:

@@ -23,6 +23,7 @@ import redis
 from pyrecks.compiler.instructions import Call, FanOut, Finish, Transition
 from pyrecks.compiler.render import render, render_call, render_value
 from pyrecks.errors import RenderError
+from pyrecks.observe import NOOP, Observer
 from pyrecks.vm.chainrun import (
     REDIS_DOWN,
     ChainRun,
@@ -74,6 +75,7 @@ class Committer:
         self.name = config.name
         self._patterns = effect_key_patterns
         self.group = GroupCommitter(access.client)
+        self.observer: Observer = NOOP  # metrics, traces (pyrecks/observe): VM.observe
 
     @property
     def say(self) -> Callable[[str], None]:
@@ -99,9 +101,12 @@ class Committer:
             raise
         if not reply.ok:
             self.roster.done(chain_id)
+            self.observer.claim_refused(chain_id)
             return Claimed(reply.status, reply.text(0))
-        epoch, step, call_text, join_text, parent, branch = (reply.text(i) for i in range(6))
-        results = [list(reply.values[i : i + 2]) for i in range(6, len(reply.values), 2)]
+        epoch, step, call_text, join_text, parent, branch, trace, trace_join = (
+            reply.text(i) for i in range(8)
+        )
+        results = [list(reply.values[i : i + 2]) for i in range(8, len(reply.values), 2)]
         run = ChainRun(
             chain_id,
             epoch,
@@ -118,11 +123,13 @@ class Committer:
             stream=stream or self.store.keyspace.starts,
         )
         self.roster.running(run)
+        self.observer.chain_claimed(run, trace, trace_join)
         return run
 
     def _claim(self, chain_id: str, reclaimed: bool) -> Reply:
         mode = [reclaimed]
         asks_ttl = max(int(self.config.lease * 3), 1)
+        trace = self.observer.propose_trace(chain_id)  # kept only if the chain has none
 
         def once() -> Reply:
             owner = ""
@@ -140,6 +147,7 @@ class Committer:
                         reclaim=mode[0],
                         owner=owner,
                         asks_ttl=asks_ttl,
+                        trace=trace,
                     ).run(self.access.client())
                 except REDIS_DOWN:
                     # The claim may have landed without us hearing back: claim again as a
@@ -158,6 +166,7 @@ class Committer:
             with contextlib.suppress(Exception):
                 self.settle(run)
         self.roster.done(run.id)
+        self.observer.chain_left(run)
 
     # -- running fenced scripts -------------------------------------------------------------
 
@@ -172,6 +181,7 @@ class Committer:
                 raw = self.group.call(invocation.script, invocation.keys, invocation.args)
             else:
                 raw = invocation.raw(self.access.client())
+                self.observer.commit_batch(1)
             return Reply.of(raw)
         except REDIS_DOWN:
             pass
@@ -189,8 +199,8 @@ class Committer:
         mine = owner == self.name and epoch == run.epoch
         if mine and step == str(run.committed_step) and status == "running":
             return self.access.retrying(lambda: invocation.run())
-        if epoch == run.epoch and step != str(run.committed_step):
-            return Reply("ok")
+        if epoch == run.epoch and step.isdigit() and int(step) > run.committed_step:
+            return Reply("ok")  # (a step *behind* ours: Redis lost our commits, see lost)
         if epoch == run.epoch and status in ("done", "failed", "waiting"):
             return Reply("ok")
         return Reply("fenced", (status,))
@@ -212,6 +222,7 @@ class Committer:
             [*run.pending_logs, *printed],
             run.clear_join,
         )
+        self.observer.commit_batch(1)
         # A failed send is settled like a lost reply: the fence tells whether it landed.
         with contextlib.suppress(*REDIS_DOWN):
             connection.send_command(
@@ -305,6 +316,7 @@ class Committer:
         elif isinstance(then, FanOut):
             rendered = render(Transition(then))
             commit.fanout = [render_call(b) for b in then.branches]
+            commit.trace = self.observer.fanout_trace(run) or None
             count = str(len(then.branches))
             fields += ["call", rendered, "status", "waiting", "owner", "", "pending", count]
             fields += ["branches", count, "join", render_call(then.join)]
@@ -437,14 +449,23 @@ class Committer:
         if reply.status == "fenced":
             return self.lost(run)
         self.say(f"[{run.id}] failed ({failure.kind}): {message}")
+        self.observer.chain_failed(run, failure.kind)
         return True
 
     def lost(self, run: ChainRun) -> bool:
-        """We lost the chain; ack its entry only if nobody else will run it any more."""
+        """We lost the chain; ack its entry only if nobody else will run it any more.
+
+        A chain lost while Redis has it *queued* was not taken by anyone: Redis forgot our
+        claim (the last second of an ``everysec`` AOF).  Our entries may be the only ones
+        naming it, so they go back to the queue when it leaves (``run.requeue``), at once
+        rather than a lease later; a claim elsewhere meanwhile is harmless (CLAIM skips a
+        running chain).
+        """
         try:
             status = self.access.r.hget(self.store.keyspace.chain(run.id), "status")
         except REDIS_DOWN:
             return False
+        run.requeue = text(status) == "queued" if status else False
         return text(status) in ("done", "failed", "cancelled", "") if status else True
 
     def release(self, run: ChainRun) -> bool:

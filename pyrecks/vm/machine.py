@@ -55,6 +55,7 @@ from pyrecks.compiler.render import render_call
 from pyrecks.compiler.store import KernelStore
 from pyrecks.errors import PyrecksError
 from pyrecks.keys import Keyspace
+from pyrecks.observe import NOOP, Observer, attach, combine
 from pyrecks.vm.chainrun import (
     REDIS_DOWN,
     ChainRun,
@@ -111,6 +112,7 @@ class VM:
         self._own_executor = executor is None
         self.executor: KernelExecutor = executor or self._make_executor()
         self._retired: list[KernelExecutor] = []
+        self.observer: Observer = NOOP  # see observe()
         #: Chains waiting out a retry's backoff: (due, order, run).  They hold no thread.
         self._delayed: list[tuple[float, int, ChainRun]] = []
         self._delay_order = itertools.count()
@@ -182,6 +184,13 @@ class VM:
             return ProcessExecutor(self.policy, memory_limit_mb=self.config.memory_limit_mb)
         return ThreadExecutor(self.sandbox, self.config.timeout_grace)
 
+    def observe(self, *observers: Observer) -> VM:
+        """Subscribe ``observers`` (metrics, traces: pyrecks/observe) to this VM's events."""
+        self.observer = combine(self.observer, *observers)
+        for part in (self.consumer, self.committer, self.committer.group, self.executor):
+            attach(part, self.observer)
+        return self
+
     # -- life cycle ---------------------------------------------------------------------
 
     @property
@@ -243,6 +252,7 @@ class VM:
         self.loader = self.steps.loader = self._make_loader()
         if self._own_executor:
             fresh = self._make_executor()
+            attach(fresh, self.observer)
             start_executor = getattr(fresh, "start", None)
             if start_executor is not None:
                 start_executor()
@@ -281,6 +291,7 @@ class VM:
         self.watch.stop()
         with contextlib.suppress(*REDIS_DOWN):  # else our heartbeat key expires on its own
             self.consumer.beat(state="stopped")
+        self.observer.vm_stopped()
         self._stopped.set()
 
     def run_forever(self) -> None:
@@ -335,11 +346,11 @@ class VM:
             if chain_id is None:
                 self.consumer.ack(stream, entry_id)
                 return
-        running = self.roster.get(chain_id)
-        if running is not None:
-            if running.entry_id != entry_id:
-                self.consumer.ack(stream, entry_id)  # a stale duplicate of a running chain
-            return  # (our own entry, reclaimed by ourselves: it stays pending until the end)
+        if self.roster.hold(chain_id, stream, entry_id):
+            # We run it already: the entry (ours again, or another naming the chain) stays
+            # pending until the chain leaves.  Acknowledged now, it could be the last entry
+            # naming the chain if Redis forgot our claim (power loss): stranded.
+            return
         claimed = self.committer.claim(chain_id, entry_id, reclaimed, stream)
         if isinstance(claimed, Claimed):
             if claimed.verdict != "alive":  # done, cancelled, waiting, duplicate or expired
@@ -385,10 +396,15 @@ class VM:
             self._finish(run, outcome)
 
     def _finish(self, run: ChainRun, ack: bool) -> None:
-        """The chain left this VM: forget it, and acknowledge its entry if nobody needs it."""
+        """The chain left this VM: forget it, and acknowledge its entries if nobody needs
+        them (or hand them back, if Redis has it queued and forgot we held it)."""
         self.committer.left(run)
+        entries = [(run.stream, run.entry_id), *run.duplicates]
         if ack and not run.abandoned:
-            self.consumer.ack(run.stream, run.entry_id)
+            for stream, entry_id in entries:
+                self.consumer.ack(stream, entry_id)
+        elif run.requeue:
+            self.consumer.hand_back([(stream, entry_id, {}, False) for stream, entry_id in entries])
 
     def _create_from_entry(self, entry_id: str, fields: dict[str, str]) -> str | None:
         """A raw ``XADD <starts> * call '...' [id X]`` from any client: make its record."""
@@ -427,9 +443,11 @@ class VM:
         while True:
             if self._stopping.is_set():
                 return self.committer.release(run)
+            self.observer.step_started(run)
             try:
                 transition = self.steps.run(run, self._on_abandon(run))
             except StepFailure as failure:
+                self.observer.step_finished(run, failure.kind)
                 if run.abandoned:
                     return False
                 if failure.kind in RETRYABLE and run.attempts < run.retries:
@@ -442,6 +460,7 @@ class VM:
                     self._park(run, delay)
                     return None
                 raise
+            self.observer.step_finished(run, "ok", transition)
             run.attempts = 0
             if transition is None:
                 return False  # abandoned by the watchdog
