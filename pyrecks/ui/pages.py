@@ -56,6 +56,7 @@ def layout(title: str, body: str, *, base: str = "", writable: bool = False, nav
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{esc(title)} · pyrecks</title>
+<link rel="icon" href="{esc(base)}/static/favicon.svg" type="image/svg+xml">
 <link rel="stylesheet" href="{esc(base)}/static/app.css">
 <script src="{esc(base)}/static/app.js" defer></script>
 </head>
@@ -130,7 +131,8 @@ def chains_page(
         )
     pager.append("</nav>")
     problem = f'<p class="error">{esc(error)}</p>' if error else ""
-    body = f"<h1>Chains</h1>{form}{problem}{table}{''.join(pager)}"
+    # The page's script reloads #chain-list every 3 s (the form is left alone).
+    body = f'<h1>Chains</h1>{form}{problem}<div id="chain-list">{table}{"".join(pager)}</div>'
     return layout("Chains", body, base=base, writable=writable, nav="chains")
 
 

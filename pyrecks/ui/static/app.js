@@ -2,7 +2,9 @@
 // * the chain page follows /chains/<id>/events (server-sent events): log rows appear as the
 //   VM writes them; a "status" event refreshes the picture and the summary; "end" closes.
 // * retry / cancel buttons POST with the token in X-Pyrecks-Token (asked once, kept for
-//   the tab in sessionStorage; a ?token=... in the address is taken and removed from it).
+//   the tab in sessionStorage; a ?token=... in the address is taken and removed from it);
+//   each status event enables the ones that apply (Retry once the chain has failed).
+// * the chain list reloads its rows every 3 s (the filters are left as they are).
 "use strict";
 
 (function () {
@@ -56,7 +58,10 @@
         if (!res.ok) continue;
         const html = await res.text();
         if (id === "picture") {
-          el.innerHTML = html;
+          // Redrawn only when it changed: no flicker, and a hovered box keeps its tooltip.
+          const fresh = document.createElement("div");
+          fresh.innerHTML = html;
+          if (fresh.innerHTML !== el.innerHTML) el.innerHTML = fresh.innerHTML;
         } else {
           // the summary fragment also carries the result / error sections
           const tmp = document.createElement("div");
@@ -98,6 +103,7 @@
     source.addEventListener("status", (ev) => {
       const info = JSON.parse(ev.data);
       body.dataset.chainStatus = info.status;
+      enableButtons(info.status);
       refreshSoon();
     });
     source.addEventListener("end", () => {
@@ -108,6 +114,32 @@
     source.addEventListener("error", () => {
       if (state && source.readyState !== EventSource.CLOSED) state.textContent = "reconnecting…";
     });
+  }
+
+  const FINISHED = new Set(["done", "failed", "cancelled"]);
+
+  // The page was drawn with the buttons of the status it had then: a chain that fails while
+  // the page is open must get its Retry button without a reload.
+  function enableButtons(status) {
+    for (const button of document.querySelectorAll("button[data-action]")) {
+      if (button.dataset.action === "retry") button.disabled = status !== "failed";
+      else if (button.dataset.action === "cancel") button.disabled = FINISHED.has(status);
+    }
+  }
+
+  function refreshList() {
+    const list = document.getElementById("chain-list");
+    if (!list) return;
+    setInterval(async () => {
+      if (document.hidden) return;
+      try {
+        const res = await fetch(window.location.href, { cache: "no-store" });
+        if (!res.ok) return;
+        const page = new DOMParser().parseFromString(await res.text(), "text/html");
+        const fresh = page.getElementById("chain-list");
+        if (fresh) list.innerHTML = fresh.innerHTML;
+      } catch (e) { /* the next tick tries again */ }
+    }, 3000);
   }
 
   function buttons() {
@@ -124,14 +156,15 @@
         if (res.status === 401) sessionStorage.removeItem("pyrecks-token");
         if (out) out.textContent = res.ok ? action + ": ok (" + data.status + ")" :
           action + " refused: " + (data.error || res.status);
-        if (res.ok && action === "retry") setTimeout(() => window.location.reload(), 300);
-        refreshSoon();
+        // A retried chain runs again: reload to follow its log anew (the stream had ended).
+        if (res.ok && action === "retry") window.location.reload();
+        else refreshSoon();
       });
     }
   }
 
   takeTokenFromAddress();
-  function start() { followLog(); buttons(); }
+  function start() { followLog(); buttons(); refreshList(); }
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
   else start();
 })();
