@@ -32,6 +32,7 @@ from pyrecks.connection import connect as connect_redis
 from pyrecks.errors import ChainNotFound, PyrecksError
 from pyrecks.keys import Keyspace
 from pyrecks.vm.chainstore import ChainStore
+from pyrecks.vm.config import default_vm_name
 from pyrecks.vm.machine import VM, VMConfig, parse_start_call
 from pyrecks.vm.records import ChainInfo, ChainStatus, LogEntry
 from pyrecks.vm.registry import VMInfo, list_vms
@@ -67,6 +68,10 @@ class Pyrecks:
         self.r = r
         self.keyspace = keyspace or Keyspace()
         self.store = ChainStore(r, self.keyspace)
+        #: The name of this handle's local VM (see local_vm): chains started with
+        #: ``local=True`` are pinned to it, and no other VM runs them while it beats.
+        self.local_name = default_vm_name()
+        self._local_vms = 0
 
     # -- kernels ----------------------------------------------------------------------------
 
@@ -82,7 +87,14 @@ class Pyrecks:
 
     # -- chains -----------------------------------------------------------------------------
 
-    def start(self, call: str | Call, *, chain_id: str | None = None, exist_ok: bool = True) -> str:
+    def start(
+        self,
+        call: str | Call,
+        *,
+        chain_id: str | None = None,
+        exist_ok: bool = True,
+        local: bool = False,
+    ) -> str:
         """Queue a chain and return its id at once; a VM runs it.
 
         ``call`` is a call such as ``'func0("start ...")'``, a bare kernel name (``start``)
@@ -90,10 +102,19 @@ class Pyrecks:
         the same id returns the id without starting another chain — or, with
         ``exist_ok=False``, raises :class:`ChainExists` (what ``pyrecks run --id`` does, so
         that nobody mistakes an old run for the one they asked for).
+
+        With ``local`` (``pyrecks run --local``) the chain is pinned to this handle's local
+        VM (:meth:`local_vm`, which may start later): while that VM beats no other VM runs
+        any step of it or of its fan-out branches.  The pin lapses with the VM's heartbeat
+        — a lease after it stops, or after the start if it never starts — and any VM then
+        finishes the chain, so a dead local run strands nothing.
         """
         first = call if isinstance(call, Call) else parse_start_call(call)
         cid = _valid_chain_id(chain_id) if chain_id else uuid.uuid4().hex[:16]
-        reply = self.store.create(cid, render_call(first), repr(time.time()), enqueue=True).run()
+        pin = self.local_name if local else ""
+        reply = self.store.create(
+            cid, render_call(first), repr(time.time()), enqueue=True, pin=pin
+        ).run()
         if reply.status == "exists" and not exist_ok:
             raise ChainExists(cid, reply.text(0), reply.text(1))
         return cid
@@ -295,11 +316,19 @@ class Pyrecks:
 
     @contextmanager
     def local_vm(self, **config: Any) -> Iterator[VM]:
-        """Run a VM in this process for the duration of the ``with`` block."""
+        """Run a VM in this process for the duration of the ``with`` block.
+
+        Unless given a ``name``, the first one at a time is this handle's local VM
+        (named :attr:`local_name`): it also runs the chains started with ``local=True``.
+        """
+        if self._local_vms == 0 and "name" not in config:
+            config = {**config, "name": self.local_name, "pinned": True}
         machine = self.vm(**config).start()
+        self._local_vms += 1
         try:
             yield machine
         finally:
+            self._local_vms -= 1
             machine.stop()
 
 

@@ -74,6 +74,16 @@ class Keyspace:
         any of them it does not run (Redis may remember an owner the VM forgot)."""
         return f"{self.namespace}:vm-asks:{name}"
 
+    def pinned(self, name: str) -> str:
+        """Stream of chains pinned to VM ``name`` (``pyrecks run --local``): only that VM
+        reads it; once its heartbeat is gone, any VM moves them to the resume stream."""
+        return f"{self.namespace}:pinned:{name}"
+
+    @property
+    def pins(self) -> str:
+        """Set of the VM names that have a pinned stream (what the lapse check reads)."""
+        return f"{self.namespace}:pins"
+
     @property
     def failed(self) -> str:
         """Sorted set of failed chain ids scored by failure time."""

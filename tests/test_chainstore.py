@@ -430,3 +430,56 @@ def test_a_script_flush_storm_never_fails_a_call(r: redis.Redis, store: ChainSto
     finally:
         stop.set()
         thread.join()
+
+
+# -- pins (run --local) ---------------------------------------------------------------------
+
+
+def test_a_pinned_chain_is_refused_elsewhere_while_its_vm_beats(
+    r: redis.Redis, store: ChainStore
+) -> None:
+    assert run_declared(r, store.create("c", 'f("x")', NOW, enqueue=True, pin="vm-a")).ok
+    assert (r.xlen(KS.starts), r.xlen(KS.pinned("vm-a"))) == (0, 1)  # only vm-a reads it
+    r.set(KS.vm("vm-a"), "{}", px=10_000)
+    guess = store.claim("c", "vm-b", NOW, reclaim=False, owner="", asks_ttl=30).run()
+    assert (guess.status, guess.text(0)) == ("pin", "vm-a")
+    refused = run_declared(
+        r, store.claim("c", "vm-b", NOW, reclaim=False, owner="", asks_ttl=30, pin="vm-a")
+    )
+    assert (refused.status, refused.text(0)) == ("pinned", "vm-a")
+    r.delete(KS.vm("vm-a"))  # vm-a stopped beating: the pin lapsed
+    taken = store.claim("c", "vm-b", NOW, reclaim=False, owner="", asks_ttl=30, pin="vm-a").run()
+    assert taken.ok and taken.text(8) == "vm-a"
+
+
+def test_the_pinned_vm_claims_its_chain_and_its_branches_inherit_the_pin(
+    r: redis.Redis, store: ChainStore
+) -> None:
+    store.create("p", 'f("x")', NOW, enqueue=True, pin="vm-a").run()
+    got = store.claim("p", "vm-a", NOW, reclaim=False, owner="", asks_ttl=30).run()
+    assert got.ok and got.text(8) == "vm-a"
+    fence = Fence("vm-a", got.text(0), got.text(1))
+    fields = ["step", "1", "status", "waiting", "owner", "", "pending", "1", "join", "j()"]
+    commit = Commit(fence, NOW, fields, [], fanout=["a(1)"])
+    assert run_declared(r, store.commit("p", commit, pinned_to="vm-a")).ok
+    assert r.hget(KS.chain("p.0"), "pin") == b"vm-a"
+    assert [f[b"chain"] for _i, f in r.xrange(KS.pinned("vm-a"))] == [b"p", b"p.0"]
+    assert r.xlen(KS.resumes) == 0
+
+
+def test_a_dead_vms_pins_lapse_to_the_resume_stream(r: redis.Redis, store: ChainStore) -> None:
+    store.create("q", 'f("x")', NOW, enqueue=True, pin="vm-a").run()  # never started
+    store.create("run", 'f("x")', NOW, enqueue=True, pin="vm-a").run()
+    store.create("end", 'f("x")', NOW, enqueue=True, pin="vm-a").run()
+    running_fence = store.claim("run", "vm-a", NOW, reclaim=False, owner="", asks_ttl=30).run()
+    assert running_fence.ok
+    r.hset(KS.chain("end"), "status", "done")
+    entries = [(i.decode(), f[b"chain"].decode()) for i, f in r.xrange(KS.pinned("vm-a"))]
+    r.set(KS.vm("vm-a"), "{}", px=10_000)
+    assert store.lapse("vm-a", entries).run().status == "alive"
+    r.delete(KS.vm("vm-a"))
+    moved = run_declared(r, store.lapse("vm-a", entries))
+    assert moved.ok and moved.text(0) == "2"
+    assert [f[b"chain"] for _i, f in r.xrange(KS.resumes)] == [b"q", b"run"]
+    assert r.hmget(KS.chain("run"), "status", "owner") == [b"queued", b""]
+    assert not r.exists(KS.pinned("vm-a")) and not r.sismember(KS.pins, "vm-a")

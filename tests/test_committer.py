@@ -25,7 +25,7 @@ KS = Keyspace()
 
 def make(r: redis.Redis, name: str = "vm-a", **config: object) -> Committer:
     settings = VMConfig(name=name, echo=False, group_commit=False, **config)  # type: ignore[arg-type]
-    access = RedisAccess(r, threading.Event(), lambda line: None)
+    access = RedisAccess(r, threading.Event(), lambda *line, **fields: None)
     return Committer(ChainStore(r, KS), access, settings, Roster(), lambda: ())
 
 

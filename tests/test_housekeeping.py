@@ -19,7 +19,7 @@ KS = Keyspace()
 
 def _consumer(r: redis.Redis, **config: object) -> StreamConsumer:
     settings = VMConfig(name="vm-a", echo=False, **config)  # type: ignore[arg-type]
-    access = RedisAccess(r, threading.Event(), lambda line: None)
+    access = RedisAccess(r, threading.Event(), lambda *line, **fields: None)
     consumer = StreamConsumer(ChainStore(r, KS), access, settings, Roster(), started=0.0)
     consumer.ensure_group()
     return consumer

@@ -26,7 +26,7 @@ def test_a_zombie_vm_does_not_acknowledge_an_entry_taken_over_from_it(r: redis.R
     store = ChainStore(r, KS)
     consumer = StreamConsumer(
         store,
-        RedisAccess(r, threading.Event(), lambda line: None),
+        RedisAccess(r, threading.Event(), lambda *line, **fields: None),
         VMConfig(name="vm-a", echo=False),
         Roster(),
         started=0.0,

@@ -115,7 +115,7 @@ def run(
     try:
         # An explicit --id that names an existing chain starts nothing: showing the old
         # run as if it were this one would mislead (it may have run another call).
-        cid = px.start(call, chain_id=chain_id, exist_ok=chain_id is None)
+        cid = px.start(call, chain_id=chain_id, exist_ok=chain_id is None, local=local)
     except ChainExists as exc:
         fail(f"{exc}; see 'pyrecks status {exc.chain_id}', or choose another --id")
         return

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from logging import WARNING
 from typing import Any, TypeVar
 
 import redis
@@ -74,6 +75,8 @@ class ChainRun:
     retries: int = 0
     #: The running step's time limit (what a watchdog message names).
     limit: float = 0.0
+    #: When the running step began (wall clock): the heartbeat tells ``pyrecks status``.
+    step_began: float = 0.0
     #: The step Redis has (the last checkpoint); ``step`` may be ahead by pure steps.
     committed_step: int = 0
     checkpoint_at: float = field(default_factory=time.monotonic)
@@ -97,6 +100,8 @@ class ChainRun:
     #: Set when we lost the chain and Redis has it queued: our entries are handed back to
     #: the queue when it leaves (no other entry may name it; see Committer.lost).
     requeue: bool = False
+    #: The VM the chain is pinned to ('' if none; see PIN in chainstore/scripts.py).
+    pin: str = ""
 
 
 class Roster:
@@ -148,6 +153,11 @@ class Roster:
                 run.duplicates.append((stream, entry_id))
             return True
 
+    def runs(self) -> list[ChainRun]:
+        """The running chains (a snapshot)."""
+        with self._lock:
+            return list(self._running.values())
+
     def entries(self) -> list[tuple[str, str]]:
         """(stream, entry id) of every running chain, and of the duplicates it holds."""
         with self._lock:
@@ -162,7 +172,7 @@ class RedisAccess:
     """How the parts of a VM talk to Redis: a connection per thread, and outage handling."""
 
     def __init__(
-        self, r: redis.Redis, stopping: threading.Event, say: Callable[[str], None]
+        self, r: redis.Redis, stopping: threading.Event, say: Callable[..., None]
     ) -> None:
         self.r = r
         self.stopping = stopping
@@ -192,7 +202,7 @@ class RedisAccess:
             except REDIS_DOWN as exc:
                 if self.stopping.is_set():
                     raise Lost() from exc
-                self.say(f"redis unavailable ({exc}); retrying in {backoff:.2f}s")
+                self.say(f"redis unavailable ({exc}); retrying in {backoff:.2f}s", WARNING)
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
 

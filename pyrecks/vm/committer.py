@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
+from logging import WARNING
 from typing import Any
 
 import redis
@@ -78,7 +79,7 @@ class Committer:
         self.observer: Observer = NOOP  # metrics, traces (pyrecks/observe): VM.observe
 
     @property
-    def say(self) -> Callable[[str], None]:
+    def say(self) -> Callable[..., None]:
         return self.access.say
 
     # -- claiming --------------------------------------------------------------------------
@@ -103,10 +104,10 @@ class Committer:
             self.roster.done(chain_id)
             self.observer.claim_refused(chain_id)
             return Claimed(reply.status, reply.text(0))
-        epoch, step, call_text, join_text, parent, branch, trace, trace_join = (
-            reply.text(i) for i in range(8)
+        epoch, step, call_text, join_text, parent, branch, trace, trace_join, pin = (
+            reply.text(i) for i in range(9)
         )
-        results = [list(reply.values[i : i + 2]) for i in range(8, len(reply.values), 2)]
+        results = [list(reply.values[i : i + 2]) for i in range(9, len(reply.values), 2)]
         run = ChainRun(
             chain_id,
             epoch,
@@ -121,6 +122,7 @@ class Committer:
             stored_join=join_text,
             results=results,
             stream=stream or self.store.keyspace.starts,
+            pin=pin,
         )
         self.roster.running(run)
         self.observer.chain_claimed(run, trace, trace_join)
@@ -132,8 +134,8 @@ class Committer:
         trace = self.observer.propose_trace(chain_id)  # kept only if the chain has none
 
         def once() -> Reply:
-            owner = ""
-            for _ in range(3):
+            owner = pin = ""
+            for _ in range(4):
                 if mode[0]:
                     raw: Any = self.access.client().hget(
                         self.store.keyspace.chain(chain_id), "owner"
@@ -148,13 +150,16 @@ class Committer:
                         owner=owner,
                         asks_ttl=asks_ttl,
                         trace=trace,
+                        pin=pin,
                     ).run(self.access.client())
                 except REDIS_DOWN:
                     # The claim may have landed without us hearing back: claim again as a
                     # takeover, which accepts a chain that is already running under our name.
                     mode[0] = True
                     raise
-                if reply.status != "moved":
+                if reply.status == "pin":  # pinned: ask again with its VM's heartbeat
+                    pin = reply.text(0)
+                elif reply.status != "moved":
                     return reply
             return Reply("alive", (owner,))  # owners keep changing: leave it to them
 
@@ -267,7 +272,11 @@ class Committer:
         if reply.status == "rejected":
             raise StepFailure("effect", f"effect refused: {reply.text(0)}")
         if reply.status == "fenced":
-            self.say(f"[{run.id}] stopped: the chain is {reply.text(0)} and no longer ours")
+            self.say(
+                f"[{run.id}] stopped: the chain is {reply.text(0)} and no longer ours",
+                WARNING,
+                chain=run.id,
+            )
             raise Lost()
         raise StepFailure("commit", f"commit failed: {reply!r}")
 
@@ -331,7 +340,9 @@ class Committer:
             ended = f"result {result}" if isinstance(then, Finish) else "halted"
             logs.append(self.log_entry(run, "step", kernel, "-> end", at))
             logs.append(self.log_entry(run, "end", kernel, f"done: {ended}", at))
-        invocation = self.store.commit(run.id, commit)
+        # A chain pinned to us keeps its branches and its join with us.
+        pinned_to = self.name if run.pin == self.name else ""
+        invocation = self.store.commit(run.id, commit, pinned_to=pinned_to)
         if isinstance(then, Call) and self.pipelining():
             self._send(run, invocation, printed)
             self._advance(run, step, then)
@@ -393,7 +404,7 @@ class Committer:
             f"attempt {run.attempts} of {run.retries} retries after {failure.kind}: "
             f"{failure} (next try in {delay:g}s)"
         )
-        self.say(f"[{run.id}] retry: {line}")
+        self.say(f"[{run.id}] retry: {line}", WARNING, chain=run.id, step=run.step + 1)
         run.pending_logs.append(self.log_entry(run, "retry", run.call.name, line, now()))
         self.flush_logs(run)
 
@@ -448,7 +459,13 @@ class Committer:
             return False
         if reply.status == "fenced":
             return self.lost(run)
-        self.say(f"[{run.id}] failed ({failure.kind}): {message}")
+        self.say(
+            f"[{run.id}] failed ({failure.kind}): {message}",
+            WARNING,
+            chain=run.id,
+            step=run.step + 1,
+            kernel=run.call.name,
+        )
         self.observer.chain_failed(run, failure.kind)
         return True
 

@@ -60,3 +60,6 @@ class VMConfig:
     #: ``stream_retention`` seconds are kept (to see what was submitted lately).
     housekeeping_every: float = 60.0
     stream_retention: float = 3600.0
+    #: Serve chains pinned to this VM (``pyrecks run --local``, ``Pyrecks.local_vm``): it
+    #: reads its own pinned stream, and no other VM runs those chains while it beats.
+    pinned: bool = False

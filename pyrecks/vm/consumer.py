@@ -26,6 +26,7 @@ from typing import Any
 
 import redis
 
+from pyrecks.observe import NOOP, Observer
 from pyrecks.vm.chainrun import REDIS_DOWN, ChainRun, RedisAccess, Roster, now, text
 from pyrecks.vm.chainstore import GROUP, ChainStore
 from pyrecks.vm.config import VMConfig
@@ -63,6 +64,7 @@ class StreamConsumer:
         self.idle = threading.Semaphore(0)
         self.asked: list[str] = []  # chains given back after a question (tests read it)
         self._next_housekeeping = time.monotonic() + self.config.housekeeping_every
+        self.observer: Observer = NOOP  # metrics (pyrecks/observe): queue depth, Redis RTT
 
     @property
     def stopping(self) -> threading.Event:
@@ -73,9 +75,12 @@ class StreamConsumer:
         return self.store.keyspace
 
     @property
-    def streams(self) -> tuple[str, str]:
+    def streams(self) -> tuple[str, ...]:
         """Where entries come from, in the order they are served: chains to continue
-        (drained, given back, fan-out) before new starts."""
+        (drained, given back, fan-out), then chains pinned to this VM (a ``pinned`` VM:
+        ``run --local``), then new starts."""
+        if self.config.pinned:
+            return (self.keyspace.resumes, self.keyspace.pinned(self.name), self.keyspace.starts)
         return (self.keyspace.resumes, self.keyspace.starts)
 
     # -- start-up ---------------------------------------------------------------------------
@@ -87,6 +92,8 @@ class StreamConsumer:
             except redis.ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
+        if self.config.pinned:  # listed, so that whoever outlives us removes the stream
+            self.access.r.sadd(self.keyspace.pins, self.name)
 
     def queue_own_pending(self) -> None:
         """Entries this VM name left pending (a restart after a crash) resume first."""
@@ -120,8 +127,12 @@ class StreamConsumer:
         for stream, entries in held.items():
             # Reset the idle time of our entries: they are not up for takeover.
             pipe.xclaim(stream, GROUP, self.name, 0, entries, justid=True)
-        pipe.execute()
+        pipe.smembers(self.keyspace.pins)
+        pins = pipe.execute()[-1]
+        if state != "running" and self.config.pinned:
+            self.lapse(self.name, min_age=0.0)  # we stopped beating: our pins lapse now
         if state == "running":
+            self.lapse_pins(sorted(text(m) for m in pins or ()))
             self.answer_asks()
             if time.monotonic() >= self._next_housekeeping:
                 self._next_housekeeping = time.monotonic() + self.config.housekeeping_every
@@ -153,10 +164,55 @@ class StreamConsumer:
             if status != "running" or owner != self.name or self.roster.holds(chain_id):
                 continue
             if self.store.disown(chain_id, self.name, epoch, now()).run().ok:
-                self.access.say(f"[{chain_id}] given back: Redis had us as its owner")
+                self.access.say(
+                    f"[{chain_id}] given back: Redis had us as its owner", chain=chain_id
+                )
                 given.append(chain_id)
         self.asked += given
         return given
+
+    # -- pins -------------------------------------------------------------------------------
+
+    def lapse_pins(self, names: list[str]) -> int:
+        """Move the pinned chains of VMs that stopped beating to the resume stream.
+
+        A pin lasts as long as its VM's heartbeat: a ``run --local`` that died (or never
+        started its VM) must not strand its chains.  Checked at every heartbeat: one
+        ``SMEMBERS`` in the heartbeat's pipeline, then one ``EXISTS`` per pinned VM.
+        """
+        others = [n for n in names if n != self.name]
+        if not others:
+            return 0
+        pipe = self.access.r.pipeline(transaction=False)
+        for name in others:
+            pipe.exists(self.keyspace.vm(name))
+        dead = [n for n, alive in zip(others, pipe.execute(), strict=True) if not alive]
+        # A pinned start may be created a moment before its VM first beats: only entries
+        # older than a lease lapse.
+        return sum(self.lapse(name, min_age=self.config.lease) for name in dead)
+
+    def lapse(self, vm: str, *, min_age: float) -> int:
+        """Move ``vm``'s pinned entries older than ``min_age`` s to the resume stream (the
+        LAPSE script does nothing if ``vm`` beats); the chains moved."""
+        raw: Any = self.access.r.xrange(self.keyspace.pinned(vm), count=500)
+        newest = (time.time() - min_age) * 1000
+        entries = []
+        for entry_id, fields in raw or []:
+            chain = {text(k): text(v) for k, v in (fields or {}).items()}.get("chain")
+            if chain and int(text(entry_id).split("-")[0]) <= newest:
+                entries.append((text(entry_id), chain))
+        if raw and not entries:
+            return 0
+        reply = self.store.lapse(vm, entries).run()
+        moved = int(reply.text(0) or 0) if reply.ok else 0
+        if moved:
+            self.access.say(f"{moved} chain(s) pinned to {vm} resume elsewhere: it stopped beating")
+        return moved
+
+    def hand_over(self, stream: str, entry_id: str, vm: str) -> None:
+        """A chain pinned to living VM ``vm`` reached us: its entry goes to ``vm``."""
+        invocation = self.store.hand_back(stream, self.name, [entry_id], to_pin=vm)
+        self.access.retrying(lambda: invocation.run(self.access.client()))
 
     # -- housekeeping -----------------------------------------------------------------------
 
@@ -235,8 +291,9 @@ class StreamConsumer:
                 if on_beat is not None:
                     on_beat()
                 self.beat()
+                self.observer.heartbeat(self.access.r, self.streams, GROUP)
             except REDIS_DOWN as exc:
-                self.access.say(f"heartbeat failed ({exc}); retrying")
+                self.access.say(f"heartbeat failed ({exc}); retrying", logging.WARNING)
             except Exception:  # a bad policy, say: keep beating, say why
                 log.exception("pyrecks VM: heartbeat step failed")
 
@@ -315,9 +372,11 @@ class StreamConsumer:
                 if "NOGROUP" in str(exc):  # the stream was deleted (or Redis lost it)
                     self.ensure_group()
                 else:
-                    self.access.say(f"reading the starts stream failed: {exc}")
+                    self.access.say(f"reading the starts stream failed: {exc}", logging.ERROR)
             except REDIS_DOWN as exc:
-                self.access.say(f"redis unavailable ({exc}); retrying in {backoff:.2f}s")
+                self.access.say(
+                    f"redis unavailable ({exc}); retrying in {backoff:.2f}s", logging.WARNING
+                )
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
             if self.stopping.is_set():

@@ -41,7 +41,6 @@ import hashlib
 import heapq
 import itertools
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -55,6 +54,7 @@ from pyrecks.compiler.render import render_call
 from pyrecks.compiler.store import KernelStore
 from pyrecks.errors import PyrecksError
 from pyrecks.keys import Keyspace
+from pyrecks.logsetup import KERNEL_LOGGER, VM_LOGGER
 from pyrecks.observe import NOOP, Observer, attach, combine
 from pyrecks.vm.chainrun import (
     REDIS_DOWN,
@@ -78,7 +78,8 @@ from pyrecks.vm.registry import holder_of
 from pyrecks.vm.sandbox import Sandbox
 from pyrecks.vm.step import StepRunner
 
-log = logging.getLogger("pyrecks.vm")
+log = logging.getLogger(VM_LOGGER)
+_kernel_log = logging.getLogger(KERNEL_LOGGER)
 
 
 class VM:
@@ -134,7 +135,7 @@ class VM:
             self.config,
             self.roster,
             started=self._started_at,
-            record=lambda: {"policy": self.policy_id},
+            record=lambda: {"policy": self.policy_id, "running": self._running_now()},
         )
         self.committer = Committer(
             self.store,
@@ -303,19 +304,32 @@ class VM:
             self._say("draining: running chains finish their step and go back to the queue")
             self.stop()
 
+    def _running_now(self) -> dict[str, dict[str, Any]]:
+        """The step each chain runs now, for the heartbeat record (``pyrecks status``):
+        read once per beat from memory, so it costs no write per step."""
+        return {
+            run.id: {"step": run.step + 1, "kernel": run.call.name, "since": run.step_began}
+            for run in self.roster.runs()
+        }
+
     def _spawn_worker(self) -> None:
         t = threading.Thread(target=self._work_loop, name="pyrecks-worker", daemon=True)
         self._threads.append(t)
         t.start()
 
-    def _say(self, line: str) -> None:
-        if not self.config.echo:
+    def _say(
+        self, line: str, level: int = logging.INFO, *, kernel_output: bool = False, **fields: Any
+    ) -> None:
+        """What the VM has to say, with the chain's fields (see :mod:`pyrecks.logsetup`):
+        to ``echo_to`` if the caller gave one, else to ``logging`` — ``pyrecks.vm``, and
+        ``pyrecks.kernel`` for the lines kernels print."""
+        if self.config.echo_to is not None:
+            if self.config.echo:
+                with self._echo_lock:
+                    self.config.echo_to(line)
             return
-        with self._echo_lock:
-            if self.config.echo_to is not None:
-                self.config.echo_to(line)
-            else:
-                print(line, file=sys.stderr, flush=True)
+        logger = _kernel_log if kernel_output else log
+        logger.log(level, line, extra={"vm": self.name, **fields})
 
     # -- workers ----------------------------------------------------------------------------
 
@@ -353,12 +367,14 @@ class VM:
             return
         claimed = self.committer.claim(chain_id, entry_id, reclaimed, stream)
         if isinstance(claimed, Claimed):
-            if claimed.verdict != "alive":  # done, cancelled, waiting, duplicate or expired
+            if claimed.verdict == "pinned":  # another VM's to run, while it beats
+                self.consumer.hand_over(stream, entry_id, claimed.detail)
+            elif claimed.verdict != "alive":  # done, cancelled, waiting, duplicate or expired
                 self.consumer.ack(stream, entry_id)
             return  # alive: its owner still beats, keeps the chain (and acks its entry)
         run = claimed
         if reclaimed:
-            self._say(f"[{chain_id}] resuming at step {run.step} (taken over)")
+            self._say(f"[{chain_id}] resuming at step {run.step} (taken over)", chain=chain_id)
         try:
             self.steps.resume(run)
         except StepFailure as failure:

@@ -48,9 +48,13 @@ from pyrecks.vm.chainstore.scripts import (
     FAIL,
     GROUP,
     HAND_BACK,
+    LAPSE,
+    PIN,
     PREPARE,
     RELEASE,
     RETRY,
+    TRACE,
+    TRACE_JOIN,
 )
 
 
@@ -167,6 +171,8 @@ class Commit:
     ``effects`` are encoded effects (``[command, key, arg...]``, see
     :func:`pyrecks.vm.effects.encode_effect`); their keys move into KEYS when packed.
     ``fanout`` (the calls of the branches) and ``done`` (the chain's result) are exclusive.
+    ``trace`` (a fan-out's, optional): the fan-out step's W3C traceparent, which its
+    branches and its join continue (see ``TRACE`` in :mod:`pyrecks.vm.chainstore.scripts`).
     """
 
     fence: Fence
@@ -177,6 +183,7 @@ class Commit:
     fanout: list[str] | None = None
     done: str | None = None
     branch_of: BranchOf | None = None
+    trace: str | None = None
 
 
 @dataclass
@@ -217,6 +224,7 @@ class ChainStore:
         self._retry = r.register_script(RETRY)
         self._ack = r.register_script(ACK)
         self._hand_back = r.register_script(HAND_BACK)
+        self._lapse = r.register_script(LAPSE)
 
     # -- starting and managing chains (API and VM) ----------------------------------------
 
@@ -229,12 +237,21 @@ class ChainStore:
         enqueue: bool,
         error: str = "",
         error_kind: str = "",
+        pin: str = "",
     ) -> Invocation:
-        """A new chain record (``queued``, or ``failed`` with ``error``), if none exists."""
+        """A new chain record (``queued``, or ``failed`` with ``error``), if none exists.
+
+        ``pin`` names the only VM that may run it while that VM beats (``run --local``):
+        its start goes to that VM's pinned stream instead of the starts stream.
+        """
         ks = self.keyspace
+        keys = [ks.chain(chain_id), ks.chains, ks.starts, ks.ended(chain_id), ks.failed]
+        if pin:
+            keys[2] = ks.pinned(pin)
+            keys.append(ks.pins)
         return Invocation(
             self._create,
-            [ks.chain(chain_id), ks.chains, ks.starts, ks.ended(chain_id), ks.failed],
+            keys,
             [
                 chain_id,
                 call,
@@ -244,6 +261,7 @@ class ChainStore:
                 error,
                 error_kind,
                 str(self.retention),
+                pin,
             ],
         )
 
@@ -265,16 +283,37 @@ class ChainStore:
     # -- the VM's side ------------------------------------------------------------------
 
     def claim(
-        self, chain_id: str, claimer: str, now: str, *, reclaim: bool, owner: str, asks_ttl: int
+        self,
+        chain_id: str,
+        claimer: str,
+        now: str,
+        *,
+        reclaim: bool,
+        owner: str,
+        asks_ttl: int,
+        trace: str = "",
+        pin: str = "",
     ) -> Invocation:
         """Claim a chain for ``claimer``; ``owner`` is who we believe owns it now ('' if
-        nobody): its heartbeat and its asks set are the claim's keys 3 and 4."""
+        nobody): its heartbeat and its asks set are the claim's keys 3 and 4.  ``trace``
+        is stored as the chain's TRACE if it has none (the reply gives the one stored).
+        ``pin`` is the VM we believe the chain pinned to ('' if none): its heartbeat is
+        key 5 (a wrong guess is answered ``pin`` with the right one)."""
         ks = self.keyspace
         who = owner or claimer
         return Invocation(
             self._claim,
-            [ks.chain(chain_id), ks.results(chain_id), ks.vm(who), ks.vm_asks(who)],
-            [claimer, now, "reclaim" if reclaim else "new", owner, chain_id, str(asks_ttl)],
+            [
+                ks.chain(chain_id),
+                ks.results(chain_id),
+                ks.vm(who),
+                ks.vm_asks(who),
+                ks.vm(pin or claimer),
+            ],
+            [
+                *(claimer, now, "reclaim" if reclaim else "new", owner, chain_id),
+                *(str(asks_ttl), trace, pin),
+            ],
         )
 
     def prepare(self, kernel: str, refs: list[str], digest: str, source_sha1: str) -> Invocation:
@@ -282,7 +321,9 @@ class ChainStore:
         keys = [self.keyspace.kernel(kernel), *refs]
         return Invocation(self._prepare, keys, [digest, source_sha1])
 
-    def commit(self, chain_id: str, commit: Commit) -> Invocation:
+    def commit(self, chain_id: str, commit: Commit, *, pinned_to: str = "") -> Invocation:
+        """``pinned_to``: the committing VM, if the chain is pinned to it (its branches and
+        its join then go to that VM's pinned stream, not the shared resume stream)."""
         ks = self.keyspace
         keys = _Keys(
             ks.chain(chain_id),
@@ -290,7 +331,7 @@ class ChainStore:
             ks.kernels,
             ks.ended(chain_id),
             ks.results(chain_id),
-            ks.resumes,
+            ks.pinned(pinned_to) if pinned_to else ks.resumes,
         )
         payload: dict[str, Any] = {
             **commit.fence.fields(),
@@ -305,6 +346,8 @@ class ChainStore:
                 [f"{chain_id}.{i}", keys.ref(ks.chain(f"{chain_id}.{i}")), call]
                 for i, call in enumerate(commit.fanout)
             ]
+            if commit.trace:
+                payload["trace"] = commit.trace
         if commit.done is not None:
             payload["done"] = commit.done
             up = commit.branch_of
@@ -364,15 +407,31 @@ class ChainStore:
     def ack(self, stream: str, consumer: str, entry_ids: list[str]) -> Invocation:
         return Invocation(self._ack, [stream], [GROUP, consumer, *entry_ids])
 
-    def hand_back(self, stream: str, consumer: str, entry_ids: list[str]) -> Invocation:
+    def hand_back(
+        self, stream: str, consumer: str, entry_ids: list[str], *, to_pin: str = ""
+    ) -> Invocation:
+        """Copies to the resume stream (or to VM ``to_pin``'s pinned stream), originals
+        acknowledged: of the entries ``consumer`` holds only."""
+        target = self.keyspace.pinned(to_pin) if to_pin else self.keyspace.resumes
+        return Invocation(self._hand_back, [stream, target], [GROUP, consumer, *entry_ids])
+
+    def lapse(self, vm: str, entries: list[tuple[str, str]]) -> Invocation:
+        """Move the ``(entry id, chain id)`` entries of dead VM ``vm``'s pinned stream to
+        the resume stream (nothing if ``vm`` beats again)."""
+        ks = self.keyspace
         return Invocation(
-            self._hand_back, [stream, self.keyspace.resumes], [GROUP, consumer, *entry_ids]
+            self._lapse,
+            [ks.pinned(vm), ks.resumes, ks.vm(vm), ks.pins, *(ks.chain(c) for _e, c in entries)],
+            [GROUP, vm, str(len(entries)), *(e for e, _c in entries)],
         )
 
 
 __all__ = [
     "END_TTL",
     "GROUP",
+    "PIN",
+    "TRACE",
+    "TRACE_JOIN",
     "BranchOf",
     "ChainStore",
     "Commit",

@@ -15,10 +15,25 @@ GROUP = "pyrecks-vms"
 #: of what a finished chain cost).
 END_TTL = 60
 
-# KEYS: chain, chains index, starts stream, chain's end stream, failed set.
-# ARGV: id, call, now, enqueue ("1"/"0"), status, error, error_kind, retention.
+#: A chain's trace context, so that every VM continues the same OpenTelemetry trace
+#: (pyrecks/observe/tracing.py): record fields holding W3C ``traceparent`` text.  TRACE is
+#: the span the chain's steps are children of (its root span, or for a fan-out branch the
+#: fan-out step's span); TRACE_JOIN is the fan-out step's span, which the pending join
+#: continues.  CLAIM stores the first claimer's proposal and returns both; COMMIT writes a
+#: fan-out's context into its branches and the parent's TRACE_JOIN.  Absent: not traced.
+TRACE = "trace"
+TRACE_JOIN = "trace_join"
+
+#: A pinned chain's record field: the VM that alone may run it (``pyrecks run --local``).
+#: CREATE records it, CLAIM elsewhere answers "pinned" while that VM beats, COMMIT copies
+#: it into a fan-out's branches, and it lapses with the VM's heartbeat (see LAPSE).
+PIN = "pin"
+
+# KEYS: chain, chains index, starts stream (for a pinned chain: its VM's pinned stream),
+# chain's end stream, failed set, [pinned chains only: the pins set].
+# ARGV: id, call, now, enqueue ("1"/"0"), status, error, error_kind, retention, pin ('').
 # Reply: {'ok'} or {'exists', status, call}.  Clients run it too: only commands the client
-# ACL role has (pyrecks/acl.py) — HGET, not HMGET.
+# ACL role has (pyrecks/acl.py) — HGET, not HMGET (a pinned start needs the VM role).
 CREATE = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status then return {'exists', status, redis.call('HGET', KEYS[1], 'call') or ''} end
@@ -32,22 +47,38 @@ if ARGV[6] ~= '' then
   redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
 end
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+if ARGV[9] and ARGV[9] ~= '' then
+  redis.call('HSET', KEYS[1], 'PIN', ARGV[9])
+  redis.call('SADD', KEYS[6], ARGV[9])
+end
 if ARGV[4] == '1' then redis.call('XADD', KEYS[3], '*', 'chain', ARGV[1]) end
 return {'ok'}
-""".replace("END_TTL", str(END_TTL))
+""".replace("END_TTL", str(END_TTL)).replace("'PIN'", f"'{PIN}'")
 
-# KEYS: chain, its results, heartbeat of the owner we expect, that owner's "asks" set.
-# ARGV: claimer, now, mode ("new"/"reclaim"), expected owner, chain id, asks ttl (s).
+# KEYS: chain, its results, heartbeat of the owner we expect, that owner's "asks" set,
+# heartbeat of the VM we expect the chain pinned to (any key if none).
+# ARGV: claimer, now, mode ("new"/"reclaim"), expected owner, chain id, asks ttl (s),
+# proposed trace ('' or a W3C traceparent: stored only if the chain has none, see TRACE),
+# expected pin ('').
+# A chain pinned to another VM whose heartbeat lives is not ours to run: {'pinned', vm}
+# (the caller hands the entry to that VM's pinned stream).  A pin whose VM stopped beating
+# has lapsed: the chain is claimed as if it had none.
 # A "reclaim" (an entry taken over from another VM's pending list) may take a *running*
 # chain, but only if its owner's heartbeat has expired — or the owner is us, restarted.
 # If the owner lives, the chain id goes into its "asks" set: an owner that does not run the
 # chain (it forgot it, e.g. Redis lost the last second of its AOF) releases it.
-# Reply: {'ok', epoch, step, call, join, parent, branch, results...}, {'alive', owner},
+# Reply: {'ok', epoch, step, call, join, parent, branch, trace, trace_join, pin,
+# results...}, {'alive', owner}, {'pin', vm} (not the pin expected: ask again), {'pinned', vm},
 # {'moved', owner} (not the owner expected: ask again), {'skip', status} or {'missing'}.
 CLAIM = """
 local st = redis.call('HMGET', KEYS[1], 'status', 'step', 'call', 'join', 'owner', 'parent',
-                      'branch')
+                      'branch', 'TRACE', 'TRACE_JOIN', 'PIN')
 if not st[1] then return {'missing'} end
+local pin = st[10] or ''
+if pin ~= '' and pin ~= ARGV[1] and (st[1] == 'queued' or st[1] == 'running') then
+  if pin ~= ARGV[8] then return {'pin', pin} end
+  if redis.call('EXISTS', KEYS[5]) == 1 then return {'pinned', pin} end
+end
 if st[1] == 'running' and ARGV[3] == 'reclaim' then
   local owner = st[5] or ''
   if owner ~= ARGV[1] and owner ~= '' then
@@ -64,14 +95,21 @@ end
 local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 redis.call('HSET', KEYS[1], 'status', 'running', 'owner', ARGV[1], 'updated', ARGV[2])
 redis.call('HSETNX', KEYS[1], 'started', ARGV[2])
+local trace = st[8] or ''
+if trace == '' and ARGV[7] and ARGV[7] ~= '' then
+  trace = ARGV[7]
+  redis.call('HSET', KEYS[1], 'TRACE', trace)
+end
 local out = {'ok', tostring(epoch), st[2] or '0', st[3] or '', st[4] or '', st[6] or '',
-             st[7] or ''}
+             st[7] or '', trace, st[9] or '', pin}
 if st[4] and st[4] ~= '' then
   local res = redis.call('HGETALL', KEYS[2])
   for i = 1, #res do out[#out + 1] = res[i] end
 end
 return out
-"""
+""".replace("'TRACE_JOIN'", f"'{TRACE_JOIN}'").replace("'TRACE'", f"'{TRACE}'").replace(
+    "'PIN'", f"'{PIN}'"
+)
 
 # KEYS: kernel record, then one key per @key argument.
 # ARGV: digest the caller has cached, sha1 of the source the caller has cached.
@@ -154,11 +192,15 @@ def _lua_key_types() -> str:
     return f"local KEY_TYPES = {{{pairs}}}\n"
 
 
-# KEYS: chain, log, kernels set, end stream, results, resume stream, then the keys the
-# payload refers to by index (parent chain and results, branch chains, effect keys).
+# KEYS: chain, log, kernels set, end stream, results, resume stream (the committing VM's
+# pinned stream for a chain pinned to it: its branches and join stay with it), then the keys
+# the payload refers to by index (parent chain and results, branch chains, effect keys).
+# A fan-out's branches inherit the chain's PIN.
 # ARGV: msgpack Commit payload, the internal key prefix, the log's max length, the
 # retention of finished chains, the kernel prefix.  What is the same for every commit
 # travels as plain arguments, not in the payload, so Redis does not decode it each step.
+# A fan-out's payload may carry ``trace`` (the fan-out step's traceparent): it becomes the
+# branches' TRACE and the chain's TRACE_JOIN.
 # Reply: {'ok'}, {'fenced', status} or {'rejected', reason}.
 COMMIT = (
     _FENCE
@@ -229,10 +271,14 @@ if #p.fields > 0 then redis.call('HSET', chain, unpack(p.fields)) end
     + """
 if p.fanout then
   redis.call('DEL', KEYS[5])
+  if p.trace then redis.call('HSET', chain, 'TRACE_JOIN', p.trace) end
+  local pin = redis.call('HGET', chain, 'PIN')
   for i, b in ipairs(p.fanout) do
     redis.call('HSET', KEYS[tonumber(b[2])], 'id', b[1], 'status', 'queued', 'step', '0',
                'call', b[3], 'created', p.now, 'updated', p.now, 'epoch', '0',
                'attempts', '0', 'parent', p.id, 'branch', tostring(i - 1))
+    if p.trace then redis.call('HSET', KEYS[tonumber(b[2])], 'TRACE', p.trace) end
+    if pin then redis.call('HSET', KEYS[tonumber(b[2])], 'PIN', pin) end
     redis.call('XADD', KEYS[6], '*', 'chain', b[1])
   end
 end
@@ -250,7 +296,8 @@ if p.done then
   end
 end
 return {'ok'}
-"""
+""".replace("'TRACE_JOIN'", f"'{TRACE_JOIN}'").replace("'TRACE'", f"'{TRACE}'")
+    .replace("'PIN'", f"'{PIN}'")
 )
 
 # KEYS: chain, log, end stream, results, failed set, [parent chain, parent log, parent end].
@@ -364,7 +411,8 @@ end
 return {'ok', n}
 """
 
-# KEYS: the stream of the entries, the resume stream.  ARGV: group, consumer, entry id...
+# KEYS: the stream of the entries, the resume stream (or the pinned stream of the VM a chain
+# is pinned to: the hand-over of a "pinned" claim).  ARGV: group, consumer, entry id...
 # Gives entries this consumer holds back to the group: a fresh copy on the resume stream
 # (read before new starts: they were read once already), then the original acknowledged
 # (a consumer cannot un-read an entry; left pending, it would wait a whole lease for a
@@ -381,4 +429,35 @@ for i = 3, #ARGV do
   end
 end
 return {'ok', n}
+"""
+
+# KEYS: the pinned stream of a VM, the resume stream, that VM's heartbeat, the pins set,
+# then the chain of each entry.  ARGV: group, VM name, entry count n, n entry ids.
+# The pin lapses with the VM's heartbeat: once it is gone, each entry whose chain still
+# needs running (queued, or running under that VM, which is requeued as a takeover would)
+# moves to the resume stream for any VM; the stream goes once empty.  A living VM keeps all.
+# Reply: {'ok', moved count} or {'alive'}.
+LAPSE = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return {'alive'} end
+local n, moved = tonumber(ARGV[3]), 0
+for i = 1, n do
+  local id, key = ARGV[3 + i], KEYS[4 + i]
+  if #redis.call('XRANGE', KEYS[1], id, id) > 0 then
+    local st = redis.call('HMGET', key, 'status', 'owner', 'id')
+    if st[1] == 'running' and st[2] == ARGV[2] then
+      redis.call('HSET', key, 'status', 'queued', 'owner', '')
+    end
+    if st[1] == 'queued' or (st[1] == 'running' and st[2] == ARGV[2]) then
+      redis.call('XADD', KEYS[2], '*', 'chain', st[3])
+      moved = moved + 1
+    end
+    redis.call('XACK', KEYS[1], ARGV[1], id)
+    redis.call('XDEL', KEYS[1], id)
+  end
+end
+if redis.call('XLEN', KEYS[1]) == 0 then
+  redis.call('DEL', KEYS[1])
+  redis.call('SREM', KEYS[4], ARGV[2])
+end
+return {'ok', moved}
 """
