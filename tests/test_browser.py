@@ -13,18 +13,22 @@ browser tests cannot silently stop running.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
 import textwrap
 from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import pytest
 
 from pyrecks.api import Pyrecks
+from pyrecks.testing import RedisServer
 from pyrecks.vm.records import ChainStatus
-from tests.test_ui import TOKEN, VM, px, ui_server  # noqa: F401  (fixtures)
+from tests.test_ui import TOKEN, VM, px, serve_ui  # noqa: F401  (px: a fixture)
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -96,6 +100,13 @@ def browser() -> Iterator[Browser]:
             yield launched
         finally:
             launched.close()
+
+
+@pytest.fixture(scope="module")
+def ui_server(redis_server: RedisServer) -> Iterator[str]:
+    """One ``pyrecks ui --token`` for these tests (each test's ``px`` empties its Redis)."""
+    with serve_ui(redis_server.url) as url:
+        yield url
 
 
 @pytest.fixture
@@ -175,6 +186,8 @@ def test_list_filter_and_picture(page: Page, px: Pyrecks, ui_server: str) -> Non
     # The live log replays the history of the chain and its branches, then ends.
     log = page.locator("#log tbody")
     expect(page.locator("#log-state")).to_have_text("chain ended")
+    times = log.locator("tr").evaluate_all("rows => rows.map(r => Number(r.dataset.ts))")
+    assert times == sorted(times) and len(times) >= 12  # branches' lines in time order too
     printed = log.locator("tr.kind-out td:last-child").all_inner_texts()
     assert sorted(printed) == sorted(
         ["splitting into 3", "merging [0, 10, 20] tag", "work 0", "work 1", "work 2"]
@@ -219,3 +232,41 @@ def test_live_log_and_retry(page: Page, px: Pyrecks, ui_server: str) -> None:  #
         expect(node).to_have_attribute("data-status", "done")
         expect(node).to_contain_text("attempt 2")
     assert px.result(chain) == "finished once"
+
+
+def _screenshot_script() -> ModuleType:
+    """``docs/img/screenshot.py``, which regenerates the README's picture of a chain page."""
+    path = Path(__file__).parent.parent / "docs" / "img" / "screenshot.py"
+    spec = importlib.util.spec_from_file_location("pyrecks_docs_screenshot", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_docs_screenshot_of_the_demo_fan_out(
+    page: Page,
+    px: Pyrecks,  # noqa: F811
+    ui_server: str,
+    tmp_path: Path,
+) -> None:
+    script = _screenshot_script()
+    script.prepare(px)
+    chain = script.run_chain(px, **VM)
+    out = tmp_path / "chain-page.png"
+    script.shoot(page, ui_server, chain, out)
+    assert out.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    # The demo's word count in three branches, joined.
+    kernels = page.locator("#picture g.node").evaluate_all("gs => gs.map(g => g.dataset.kernel)")
+    assert sorted(kernels) == sorted(["wc_docs", "wc_total"] + ["wc_split", "wc_count"] * 3)
+    # Every label fits inside its box, as rendered (long results are shortened).
+    overflowing = page.locator("#picture g.node, #picture g.end").evaluate_all(
+        """gs => gs.flatMap(g => {
+             const box = g.querySelector("rect").getBBox();
+             return Array.from(g.querySelectorAll("text")).filter(t => {
+               const b = t.getBBox();
+               return b.x < box.x || b.x + b.width > box.x + box.width;
+             }).map(t => t.textContent);
+           })"""
+    )
+    assert overflowing == []

@@ -11,8 +11,10 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -349,9 +351,9 @@ def test_static_assets_and_trusted_hosts(px: Pyrecks) -> None:
 # -- the real server, and a real browser ---------------------------------------------------
 
 
-@pytest.fixture
-def ui_server(redis_url: str) -> Iterator[str]:
-    """``pyrecks ui`` in a subprocess on a free port; yields its base URL."""
+@contextmanager
+def serve_ui(redis_url: str) -> Iterator[str]:
+    """``pyrecks ui --token`` in a subprocess on a free port; yields its base URL."""
     code = (
         "import sys\n"
         "from pyrecks.cli.pyrecks_main import main\n"
@@ -368,13 +370,16 @@ def ui_server(redis_url: str) -> Iterator[str]:
     )
     assert proc.stderr is not None
     url = None
-    seen = []
+    seen: list[str] = []
     for line in proc.stderr:  # uvicorn says where it listens once the socket is bound
         seen.append(line)
         found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line)
         if found:
             url = found.group(1)
             break
+    # Keep reading what it says (kept for a failing assertion): a full pipe would stall it.
+    drain = threading.Thread(target=lambda: seen.extend(proc.stderr or ()), daemon=True)
+    drain.start()
     try:
         assert url is not None, "".join(seen)
         assert "buttons need the token" in "".join(seen)
@@ -382,6 +387,12 @@ def ui_server(redis_url: str) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.fixture
+def ui_server(redis_url: str) -> Iterator[str]:
+    with serve_ui(redis_url) as url:
+        yield url
 
 
 def test_ui_command_serves_the_pages(px: Pyrecks, ui_server: str) -> None:

@@ -21,6 +21,8 @@ GAP_Y = 26
 GAP_X = 22
 HEADER_H = 20
 PILL_H = 24
+#: Characters of a result that fit in an end pill (12px text, DejaVu Sans is the widest).
+PILL_CHARS = 24
 PAD = 16
 
 
@@ -75,7 +77,8 @@ def _pill(text: str, status: str) -> list[str]:
     return [
         f'<g class="end status-{_esc(status)}"><title>{_esc(_short(text, 600))}</title>',
         f'<rect width="{NODE_W}" height="{PILL_H}" rx="12"/>',
-        f'<text x="{NODE_W / 2}" y="16" text-anchor="middle">{_esc(_short(text, 28))}</text>',
+        f'<text x="{NODE_W / 2}" y="16" text-anchor="middle">'
+        f"{_esc(_short(text, PILL_CHARS))}</text>",
         "</g>",
     ]
 

@@ -94,10 +94,16 @@
       const tr = document.createElement("tr");
       tr.className = "kind-" + e.kind;
       tr.dataset.chain = e.chain;
+      tr.dataset.ts = String(e.ts);
       tr.append(cell(fmtTime(e.ts)), cell(e.chain === table.dataset.chain ? "" : e.chain),
                 cell(String(e.step)), cell(e.kernel), cell(e.kind + (e.attempt ? " " + e.attempt : "")),
                 cell(e.text));
-      tbody.appendChild(tr);
+      // In time order: the history comes one log after the other (the chain's, then each
+      // branch's), and branches write while their parent waits.
+      let before = null;
+      for (let row = tbody.lastElementChild; row && Number(row.dataset.ts) > e.ts;
+           row = row.previousElementSibling) before = row;
+      tbody.insertBefore(tr, before);
       if (e.kind !== "out") refreshSoon();
     });
     source.addEventListener("status", (ev) => {
