@@ -20,7 +20,11 @@ never a fast number):
   ``call("relay", s + "x", left - 1)`` and ``done(len(s))`` at the end; no effects.
   Reported per step: the client's wall time from ``start()`` to ``wait()`` returning, and
   the VM's own time from the chain record's ``started`` to ``finished`` (no queueing, no
-  waiter).
+  waiter).  Each run is paired with a *watched* relay (issue 12): the same chain waited for as
+  ``pyrecks run --wait`` waits — ``Pyrecks.wait`` following the log with ``on_entry`` for
+  what kernels print — so watched / unwatched (median of the per-run ratios, VM clock)
+  says what watching costs the chain.  The waiter shares the VM's process (as with ``run
+  --local``), the worst case: a waiter in another process shares no interpreter lock.
 * ``relay+effect`` — the same with ``relay_fx``, whose every step also ``SET``s one key.
 * ``fan-in`` — 64 chains of 100 ``relay_fx`` steps started at once on one VM process,
   reported as steps per second (all steps / wall time from the first ``start()`` to the
@@ -261,10 +265,17 @@ class ChainTimes:
     floor_us: list[float] = field(default_factory=list)
     #: CPU per step during each run (see CpuMeter).
     cpu: CpuTimes = field(default_factory=lambda: CpuTimes())
+    #: The same chain followed like ``run --follow``, run just after each of the above.
+    watched_wall_us: list[float] = field(default_factory=list)
+    watched_vm_us: list[float] = field(default_factory=list)
 
     def ratio(self) -> Summary:
         """Per-run ratio wall / paired floor: robust to load that drifts during the run."""
         return ratios(self.wall_us, self.floor_us)
+
+    def watched_ratio(self) -> Summary:
+        """Per-run ratio watched / unwatched, VM clock: what following costs the chain."""
+        return ratios(self.watched_vm_us, self.vm_us)
 
     def vm_ratio(self) -> Summary:
         return ratios(self.vm_us, self.floor_us)
@@ -277,6 +288,12 @@ class ChainTimes:
             "ratio_to_paired_floor": self.ratio().as_dict(),
             "vm_ratio_to_paired_floor": self.vm_ratio().as_dict(),
             "cpu_us_per_step": self.cpu.as_json(),
+            **({"watched": {
+                "wall_us_per_step": summarize(self.watched_wall_us).as_dict(),
+                "vm_us_per_step": summarize(self.watched_vm_us).as_dict(),
+                "vm_ratio_to_unwatched": self.watched_ratio().as_dict(),
+                "samples_vm_us": self.watched_vm_us,
+            }} if self.watched_vm_us else {}),
             "samples_wall_us": self.wall_us,
             "samples_vm_us": self.vm_us,
             "samples_floor_us": self.floor_us,
@@ -529,18 +546,31 @@ def _poll_until_finished(px: Pyrecks, chain: str, timeout: float) -> None:
         time.sleep(0.01)
 
 
+def _follow(entry: Any) -> None:
+    """What ``run --wait``/``--follow`` do with each entry, minus the terminal."""
+    entry.format()
+
+
+#: What ``run --wait`` shows (pyrecks.watching.WAIT_KINDS).
+WAIT_KINDS = ("out", "error", "retry", "dropped")
+
+
 def run_chain(px: Pyrecks, steps: int, effect: bool, timeout: float,
               waiter: str = "wait") -> tuple[float, float]:
     """One timed chain; (wall us/step from start() to wait(), VM us/step started->finished).
 
     ``Pyrecks.wait`` blocks on the chain's end stream; ``waiter="poll"`` polls the record
     every 10 ms instead (its wall time is then only good to ~10 ms; read the VM-side
-    number).
+    number); ``waiter="follow"`` follows the log as ``pyrecks run --follow`` does (every
+    entry), ``waiter="watch"`` as ``pyrecks run --wait`` does (what kernels print).
     """
     t0 = time.perf_counter()
     chain, key = _start_relay(px, steps, effect)
     if waiter == "poll":
         _poll_until_finished(px, chain, timeout)
+    elif waiter in ("follow", "watch"):
+        kinds = WAIT_KINDS if waiter == "watch" else None
+        px.wait(chain, timeout=timeout, on_entry=_follow, kinds=kinds)
     else:
         px.wait(chain, timeout=timeout)
     wall = time.perf_counter() - t0
@@ -600,6 +630,10 @@ def measure_relay(px: Pyrecks, sizes: Sizes, effect: bool,
             times.floor_us.append(floor.median_us)
             times.wall_us.append(wall)
             times.vm_us.append(vm)
+            if not effect:  # the same chain, watched: what following it costs
+                wall, vm = run_chain(px, sizes.steps, effect, sizes.timeout, "watch")
+                times.watched_wall_us.append(wall)
+                times.watched_vm_us.append(vm)
     return times
 
 
@@ -805,6 +839,14 @@ class Report:
                                                    times.ratio().median, 1)
                 out[f"{label} (VM started -> finished)"] = (
                     "us/step", summarize(times.vm_us), times.vm_ratio().median, 1)
+                if times.watched_vm_us:
+                    # "x floor" here: watched / unwatched, median of per-run ratios
+                    out[f"{label} watched, x unwatched (start -> wait)"] = (
+                        "us/step", summarize(times.watched_wall_us),
+                        ratios(times.watched_wall_us, times.wall_us).median, 1)
+                    out[f"{label} watched, x unwatched (VM clock)"] = (
+                        "us/step", summarize(times.watched_vm_us),
+                        times.watched_ratio().median, 1)
                 self._cpu_rows(out, label, times.cpu)
         size, x = f"{self.sizes.fan_chains}x{self.sizes.fan_steps}", self.sizes.fan_chains
         for f in m.fan_in:
@@ -958,9 +1000,10 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Sizes, str | None]:
                         f"{','.join(ISOLATIONS)}; also: process)")
     parser.add_argument("--cold", type=int, metavar="N",
                         help="brand-new kernels timed by the cold workload (default 9)")
-    parser.add_argument("--waiter", choices=("wait", "poll"),
-                        help="relay workloads: Pyrecks.wait (default) or poll every 10 ms "
-                        "(no client wake-up in the VM's process)")
+    parser.add_argument("--waiter", choices=("wait", "poll", "watch", "follow"),
+                        help="relay workloads: Pyrecks.wait (default), poll every 10 ms "
+                        "(no client wake-up in the VM's process), or follow the log as "
+                        "run --wait (watch) or run --follow (follow) do")
     args = parser.parse_args(argv)
     sizes = Sizes.quick() if args.quick else Sizes()
     overrides: dict[str, Any] = {}

@@ -17,10 +17,12 @@ The CLI (``pyrecks``) is a thin layer over this class.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -31,13 +33,22 @@ from pyrecks.compiler.render import render_call
 from pyrecks.connection import connect as connect_redis
 from pyrecks.errors import ChainNotFound, PyrecksError
 from pyrecks.keys import Keyspace
+from pyrecks.logstream import LogReader
 from pyrecks.vm.chainstore import ChainStore
 from pyrecks.vm.config import default_vm_name
 from pyrecks.vm.machine import VM, VMConfig, parse_start_call
 from pyrecks.vm.records import ChainInfo, ChainStatus, LogEntry
 from pyrecks.vm.registry import VMInfo, list_vms
 
-__all__ = ["ChainExists", "ChainInfo", "ChainStatus", "LogEntry", "Pyrecks", "connect"]
+__all__ = [
+    "ChainExists",
+    "ChainInfo",
+    "ChainStatus",
+    "LogEntry",
+    "Pyrecks",
+    "RunningStep",
+    "connect",
+]
 
 
 class ChainExists(PyrecksError):
@@ -50,6 +61,26 @@ class ChainExists(PyrecksError):
         self.chain_id = chain_id
         self.status = status
         self.call = call
+
+
+@dataclass(frozen=True)
+class RunningStep:
+    """The step a running chain is in now (``pyrecks status``).
+
+    ``source`` says where it was read: ``heartbeat`` — the owner VM's last heartbeat, which
+    lists the step each of its chains runs and since when (at most a third of its lease
+    old); ``checkpoint`` — the chain record, when the heartbeat is older than the last
+    checkpoint: the step after it is running, at least since the checkpoint.
+    """
+
+    step: int
+    kernel: str
+    since: float
+    vm: str
+    source: str
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
 
 
 def _valid_chain_id(chain_id: str) -> str:
@@ -128,6 +159,40 @@ class Pyrecks:
             )
         return ChainInfo.from_hash(chain_id, data)
 
+    def running_step(self, info: ChainInfo) -> RunningStep | None:
+        """The step ``info``'s chain runs now, if it runs (see :class:`RunningStep`).
+
+        Pure steps are checkpointed in batches, so the record alone may be many steps
+        behind; the owner's heartbeat knows the step it runs.  Reading it costs the VM
+        nothing: it writes its heartbeat anyway.
+        """
+        if info.status is not ChainStatus.RUNNING or not info.owner:
+            return None
+        raw: Any = self.r.get(self.keyspace.vm(info.owner))
+        try:
+            beat = json.loads(raw) if raw else {}
+            now = (beat.get("running") or {}).get(info.id)
+        except (ValueError, AttributeError):
+            now = None
+        if isinstance(now, dict) and int(now.get("step") or 0) > info.step:
+            return RunningStep(
+                int(now["step"]),
+                str(now.get("kernel", "")),
+                float(now.get("since") or 0.0),
+                info.owner,
+                "heartbeat",
+            )
+        try:
+            kernel = parse_start_call(info.call).name if info.call else ""
+        except PyrecksError:
+            kernel = ""
+        since = info.updated or info.started or 0.0
+        return RunningStep(info.step + 1, kernel, since, info.owner, "checkpoint")
+
+    def live_vms(self) -> list[VMInfo]:
+        """The VMs whose heartbeat lives: those that will run a queued chain."""
+        return [v for v in list_vms(self.r, self.keyspace) if v.alive]
+
     def result(self, chain_id: str) -> Any:
         """The value a finished chain ended with (``return <value>``), or None."""
         info = self.status(chain_id)
@@ -146,29 +211,43 @@ class Pyrecks:
         follow: bool = False,
         after: str = "0-0",
         block_ms: int = 1000,
+        branches: bool = False,
     ) -> Iterator[LogEntry]:
-        """The chain's log entries; with ``follow``, keep yielding until the chain ends."""
-        key = self.keyspace.log(chain_id)
-        last = after
+        """The chain's log entries; with ``follow``, keep yielding until the chain ends.
+
+        Read in pages (see :mod:`pyrecks.logstream`); a ``dropped`` entry says how many
+        entries the log no longer holds.  With ``branches``, the logs of the chain's
+        fan-out branches too (each entry's ``chain`` says whose), and following ends once
+        every branch has ended as well.
+        """
+        reader = LogReader(self.r, self.keyspace, chain_id, branches=branches, after=after)
         while True:
-            entries: Any
-            if follow:
-                got: Any = self.r.xread({key: last}, count=500, block=block_ms)
-                entries = got[0][1] if got else []
-            else:
-                entries = self.r.xrange(key, min=f"({last}" if last != "0-0" else "-")
-            for entry_id, fields in entries:
-                entry = LogEntry.from_stream(entry_id, fields)
-                last = entry.id
-                yield entry
+            reader.discover()
+            page = reader.read()
+            if page is not None:
+                yield from page
+                continue
             if not follow:
                 return
-            if not entries and self.status(chain_id).status.finished:
+            unfinished = self._unfinished(reader.chains)
+            if not unfinished and self.r.exists(self.keyspace.chain(chain_id)):
                 # Drain what landed between the read and the status check, then stop.
-                tail: Any = self.r.xrange(key, min=f"({last}")
-                for entry_id, fields in tail:
-                    yield LogEntry.from_stream(entry_id, fields)
+                reader.discover()
+                yield from reader.read_all()
                 return
+            if not reader.wait(block_ms) and not unfinished:
+                self.status(chain_id)  # no record (yet) after a wait: ChainNotFound
+
+    def _unfinished(self, chain_ids: list[str]) -> list[str]:
+        """The chains that have not ended (a record that expired counts as ended)."""
+        pipe = self.r.pipeline(transaction=False)
+        for cid in chain_ids:
+            pipe.hget(self.keyspace.chain(cid), "status")
+        return [
+            cid
+            for cid, status in zip(chain_ids, pipe.execute(), strict=True)
+            if status is not None and not ChainStatus(status.decode()).finished
+        ]
 
     def wait(
         self,
@@ -177,19 +256,26 @@ class Pyrecks:
         on_entry: Callable[[LogEntry], None] | None = None,
         *,
         missing_ok: bool = False,
+        branches: bool = True,
+        kinds: Iterable[str] | None = None,
     ) -> ChainInfo:
         """Block until the chain is done, failed or cancelled (or ``timeout`` passes).
 
         Without ``on_entry`` it blocks on the chain's end stream (one entry, written by the
         script that ends the chain), so a waiter costs the VM nothing per step.  With
-        ``on_entry`` it follows the log stream (every step, kernel output) and re-reads the
-        chain record when an ``end`` or ``error`` entry arrives.  Either way the record is
-        re-read at least once a second.  With ``missing_ok``, a chain whose record does not
-        exist yet (started with a raw ``XADD`` that no VM has read yet) is waited for too.
+        ``on_entry`` it follows the log (every step, kernel output), in pages, and — with
+        ``branches`` — the logs of the chain's fan-out branches, each entry labelled with
+        its chain; it returns once the chain and every branch it follows have ended and
+        their logs are read to the end.  Either way the record is re-read at least once a
+        second.  With ``missing_ok``, a chain whose record does not exist yet (started with
+        a raw ``XADD`` that no VM has read yet) is waited for too.  ``kinds`` limits the
+        entries ``on_entry`` receives (``run --wait``: what kernels print, retries, errors
+        and ``dropped`` notes); the others are passed over without being parsed.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        key = self.keyspace.log(chain_id)
-        last = "0-0"
+        moving = ("end", "error", "fanout")  # entries after which the record moved on
+        wanted = None if kinds is None else {*kinds, *moving}
+        reader = LogReader(self.r, self.keyspace, chain_id, branches=branches, kinds=wanted)
         recheck = True
         while True:
             if recheck:
@@ -199,35 +285,42 @@ class Pyrecks:
                     if not missing_ok:
                         raise
                     info = ChainInfo.from_hash(chain_id, {})
+            if on_entry is not None:
+                if recheck:
+                    reader.discover()
                 recheck = False
-                if info.status.finished:
+                while (page := reader.read()) is not None:
+                    for entry in page:
+                        # The record moved on (ended, failed, fanned out): read it again.
+                        recheck |= entry.kind in moving
+                        if kinds is None or entry.kind in kinds:
+                            on_entry(entry)
+                if recheck:
+                    continue
+            waiting_for = [chain_id]
+            if info.status.finished:
+                # A branch can outlive its parent (a failed sibling failed the parent).
+                reader.discover()
+                waiting_for = self._unfinished(reader.chains[1:])
+                if not waiting_for:
                     if on_entry is not None:
-                        rest: Any = self.r.xrange(key, min=f"({last}" if last != "0-0" else "-")
-                        for entry_id, fields in rest:
-                            on_entry(LogEntry.from_stream(entry_id, fields))
+                        for entry in reader.read_all():
+                            if kinds is None or entry.kind in kinds:
+                                on_entry(entry)
                     return info
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise TimeoutError(
-                    f"chain {chain_id} is still {info.status.value} after {timeout}s"
+                    f"chain {chain_id} is still {info.status.value} after {timeout:g}s"
                 )
             block = 1000 if left is None else max(1, min(1000, int(left * 1000)))
             if on_entry is None:
-                # Nothing to show: sleep on the chain's end stream, not on every step.
-                self.r.xread({self.keyspace.ended(chain_id): "0-0"}, block=block)
+                # Nothing to show: sleep on the end streams, not on every step.
+                ends = [self.keyspace.ended(c) for c in waiting_for]
+                self.r.xread(dict.fromkeys(ends, "0-0"), block=block)
                 recheck = True
                 continue
-            got: Any = self.r.xread({key: last}, count=1000, block=block)
-            if not got:
-                recheck = True
-            for _key, entries in got or []:
-                for entry_id, fields in entries:
-                    entry = LogEntry.from_stream(entry_id, fields)
-                    last = entry.id
-                    if entry.kind in ("end", "error"):
-                        recheck = True
-                    if on_entry is not None:
-                        on_entry(entry)
+            recheck = not reader.wait(block)
 
     def cancel(self, chain_id: str) -> bool:
         """Cancel a chain and its fan-out branches.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
 import time
@@ -10,11 +11,15 @@ from typing import Any
 
 import click
 
-from pyrecks import __version__
+from pyrecks import __version__, watching
 from pyrecks.api import ChainExists, Pyrecks, connect
 from pyrecks.cli.common import PyrecksGroup, fail, redis_option
+from pyrecks.logsetup import FORMATS as LOG_FORMATS
+from pyrecks.logsetup import LEVELS as LOG_LEVELS
+from pyrecks.logsetup import VM_LOGGER
+from pyrecks.logsetup import configure as configure_logging
 from pyrecks.vm.machine import ISOLATION_MODES
-from pyrecks.vm.records import ChainInfo, ChainStatus, LogEntry
+from pyrecks.vm.records import ChainInfo, ChainStatus
 
 
 @click.group(cls=PyrecksGroup)
@@ -31,56 +36,11 @@ def _px(redis_url: str | None) -> Pyrecks:
     return connect(redis_url)
 
 
-def _print_entry(entry: LogEntry) -> None:
-    if entry.kind == "out":
-        click.echo(f"  [{entry.kernel}] {entry.text}")
-    elif entry.kind == "step":
-        click.echo(click.style(f"step {entry.step}: {entry.kernel} {entry.text}", dim=True))
-    elif entry.kind == "error":
-        click.echo(
-            click.style(f"step {entry.step}: {entry.kernel} failed: {entry.text}", fg="red"),
-            err=True,
-        )
-    else:
-        click.echo(click.style(f"step {entry.step}: {entry.kind}: {entry.text}", dim=True))
-
-
-def _print_output(entry: LogEntry) -> None:
-    """--wait: what the kernels printed, retries and errors; --follow shows every entry."""
-    if entry.kind in ("out", "error", "retry"):
-        _print_entry(entry)
-
-
-def _describe(info: ChainInfo) -> str:
-    lines = [
-        f"chain    {info.id}",
-        f"status   {info.status.value}",
-        f"step     {info.step}",
-    ]
-    if info.call:
-        lines.append(f"next     {info.call}")
-    if info.kernel:
-        lines.append(f"kernel   {info.kernel}")
-    if info.owner:
-        lines.append(f"owner    {info.owner}")
-    if info.elapsed is not None:
-        lines.append(f"elapsed  {info.elapsed:.3f}s")
-    if info.parent:
-        lines.append(f"parent   {info.parent}")
-    if info.status is ChainStatus.DONE and info.result:
-        lines.append(f"result   {info.result}")
-    if info.error:
-        lines.append(f"error    [{info.error_kind}] {info.error}")
-    if info.traceback:
-        lines.append(info.traceback.rstrip())
-    return "\n".join(lines)
-
-
 def _finish(px: Pyrecks, chain_id: str, as_json: bool, info: ChainInfo) -> None:
     if as_json:
         click.echo(json.dumps(info.to_json(), indent=2))
     else:
-        click.echo(_describe(info))
+        click.echo(watching.describe(info))
     sys.exit(0 if info.status is ChainStatus.DONE else 1)
 
 
@@ -119,20 +79,39 @@ def run(
     except ChainExists as exc:
         fail(f"{exc}; see 'pyrecks status {exc.chain_id}', or choose another --id")
         return
+    # A chain nobody will run must not look like a slow one: say so at once.
+    nobody = None if local else watching.no_vm_warning(px, redis_url)
     if not (wait or follow or local):
         click.echo(json.dumps({"chain": cid}) if as_json else cid)
+        if nobody:
+            click.echo(f"warning: {nobody}", err=True)
         return
     if not as_json:
         click.echo(f"chain {cid} started", err=True)
-    on_entry = None if as_json else (_print_entry if follow else _print_output)
+    if nobody:
+        click.echo(f"warning: {nobody}", err=True)
+    on_entry = None if as_json else watching.EntryPrinter(cid, everything=follow)
+    kinds = None if follow else watching.WAIT_KINDS
+    interrupted = False
     try:
         if local:
             with px.local_vm(threads=threads, echo=False):
-                info = px.wait(cid, timeout=timeout, on_entry=on_entry)
+                try:
+                    info = px.wait(cid, timeout=timeout, on_entry=on_entry, kinds=kinds)
+                except KeyboardInterrupt:
+                    # Let the local VM drain (its step finishes, the chain goes back to
+                    # the queue) without a second Ctrl-C cutting that short.
+                    interrupted = True
+                    signal.signal(signal.SIGINT, signal.SIG_IGN)
+                    click.echo("interrupted: stopping the local VM …", err=True)
         else:
-            info = px.wait(cid, timeout=timeout, on_entry=on_entry)
+            info = px.wait(cid, timeout=timeout, on_entry=on_entry, kinds=kinds)
     except TimeoutError as exc:
-        fail(str(exc))
+        hint = watching.no_vm_warning(px, redis_url) if not local else None
+        fail(f"{exc}; {hint}" if hint else str(exc))
+        return
+    if interrupted:
+        fail(watching.interrupted_message(px, cid), code=130)
         return
     _finish(px, cid, as_json, info)
 
@@ -140,7 +119,27 @@ def run(
 @main.command()
 @click.option("--threads", "-t", type=int, default=8, show_default=True)
 @click.option("--name", default=None, help="Stable VM name (default: host-pid-random).")
-@click.option("--quiet", is_flag=True, help="Do not echo kernel output to the console.")
+@click.option(
+    "--quiet",
+    is_flag=True,
+    help="Do not echo kernel output to the console (and log warnings and errors only, "
+    "unless --log-level says otherwise).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(list(LOG_LEVELS), case_sensitive=False),
+    default=None,
+    envvar="PYRECKS_LOG_LEVEL",
+    help="Least level logged (default info; warning with --quiet). Env PYRECKS_LOG_LEVEL.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(list(LOG_FORMATS), case_sensitive=False),
+    default=None,
+    envvar="PYRECKS_LOG_FORMAT",
+    help="text (default) or json: one JSON object per line (docs/observability.md). "
+    "Env PYRECKS_LOG_FORMAT.",
+)
 @click.option(
     "--retention",
     type=int,
@@ -187,6 +186,8 @@ def vm(
     threads: int,
     name: str | None,
     quiet: bool,
+    log_level: str | None,
+    log_format: str | None,
     retention: int,
     isolation: str,
     memory_limit: int,
@@ -195,6 +196,7 @@ def vm(
     redis_url: str | None,
 ) -> None:
     """Run a VM until Ctrl-C (which drains: running chains go back to the queue)."""
+    configure_logging(log_level, log_format, quiet=quiet)
     px = _px(redis_url)
     config: dict[str, Any] = {
         "threads": threads,
@@ -208,9 +210,12 @@ def vm(
     if name:
         config["name"] = name
     machine = px.vm(**config)
-    click.echo(
-        f"pyrecks vm {machine.name}: {threads} threads, {isolation} isolation; Ctrl-C to stop",
-        err=True,
+    logging.getLogger(VM_LOGGER).warning(
+        "pyrecks vm %s: %d threads, %s isolation; Ctrl-C to stop",
+        machine.name,
+        threads,
+        isolation,
+        extra={"vm": machine.name},
     )
     # SIGTERM (systemd, docker stop, kill) drains like Ctrl-C instead of dropping work.
     # SIGINT too, set explicitly: a VM started with SIGINT ignored (nohup, '&' in a script,
@@ -229,21 +234,41 @@ def _interrupt(_signum: int, _frame: object) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @redis_option
 def status(chain_id: str, as_json: bool, redis_url: str | None) -> None:
-    """Show a chain's record: status, step, next call, timings, result or error."""
-    info = _px(redis_url).status(chain_id)
-    click.echo(json.dumps(info.to_json(), indent=2) if as_json else _describe(info))
+    """Show a chain's record: status, the step running now, timings, result or error."""
+    px = _px(redis_url)
+    info = px.status(chain_id)
+    running = px.running_step(info)
+    if as_json:
+        click.echo(json.dumps(watching.status_json(info, running), indent=2))
+    else:
+        click.echo(watching.describe(info, running))
 
 
 @main.command()
 @click.argument("chain_id")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing until the chain ends.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="One JSON object per entry: chain, id, kind, step, kernel, text, ts, attempt.",
+)
+@click.option(
+    "--branches/--no-branches",
+    default=True,
+    show_default=True,
+    help="Also the logs of the chain's fan-out branches (labelled with their ids).",
+)
 @redis_option
-def logs(chain_id: str, follow: bool, redis_url: str | None) -> None:
-    """Print a chain's log: steps, kernel output, errors."""
+def logs(chain_id: str, follow: bool, as_json: bool, branches: bool, redis_url: str | None) -> None:
+    """Print a chain's log: steps, kernel output, errors (and its branches' logs)."""
     px = _px(redis_url)
     px.status(chain_id)  # a clear error for unknown ids
-    for entry in px.logs(chain_id, follow=follow):
-        click.echo(entry.format())
+    for entry in px.logs(chain_id, follow=follow, branches=branches):
+        if as_json:
+            click.echo(watching.entry_json(entry, chain_id))
+        else:
+            click.echo(watching.format_entry(entry, chain_id))
 
 
 @main.command("ls")

@@ -150,9 +150,14 @@ class LogEntry:
     #: For ``out`` lines: which run of the step printed it (``epoch.try``); a step re-run
     #: after a crash or retried prints again, under a new attempt.
     attempt: str = ""
+    #: Whose log the entry is from, when a reader follows a chain with its fan-out
+    #: branches (see :mod:`pyrecks.logstream`); empty when read from one log.
+    chain: str = ""
 
     @classmethod
-    def from_stream(cls, entry_id: bytes | str, data: dict[bytes, bytes]) -> LogEntry:
+    def from_stream(
+        cls, entry_id: bytes | str, data: dict[bytes, bytes], chain: str = ""
+    ) -> LogEntry:
         fields = {_text(k) or "": _text(v) or "" for k, v in data.items()}
         return cls(
             id=_text(entry_id) or "",
@@ -162,6 +167,7 @@ class LogEntry:
             text=fields.get("text", ""),
             ts=float(fields.get("ts") or 0.0),
             attempt=fields.get("attempt", ""),
+            chain=chain,
         )
 
     def format(self) -> str:

@@ -11,6 +11,7 @@ transition to the committer.  Everything that can go wrong here is a
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -75,6 +76,7 @@ class StepRunner:
     def run(self, run: ChainRun, on_abandon: Callable[[], None]) -> Transition | None:
         """Run ``run``'s next call and commit it; None if the kernel's thread was abandoned."""
         call = run.call
+        run.step_began = time.time()
         refs = [a.key for a in call.args if isinstance(a, KeyRef)]
         kernel, contents = self.load(run, call, refs)
         policy = self._policy()
@@ -97,6 +99,7 @@ class StepRunner:
         output = StepOutput(
             echo=self._echo_for(run, call.name) if self.echo else None,
             flush=lambda lines: self.committer.write_live(run, call.name, lines),
+            log_keeps=self.store.max_log,
         )
         run.limit = limit = kernel.timeout or policy.default_timeout
         try:
@@ -128,7 +131,8 @@ class StepRunner:
     def _echo_for(self, run: ChainRun, kernel: str) -> Callable[[str], None]:
         prefix = f"[{run.id} {run.step + 1} {kernel}]"
         say = self.access.say
-        return lambda line: say(f"{prefix} {line}")
+        fields = {"chain": run.id, "step": run.step + 1, "kernel": kernel}
+        return lambda line: say(f"{prefix} {line}", kernel_output=True, **fields)
 
     # -- load ---------------------------------------------------------------------------------
 
