@@ -21,7 +21,7 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 
@@ -67,7 +67,7 @@ FIXED = """
 """
 
 
-def _unavailable(reason: str) -> None:
+def _unavailable(reason: str) -> NoReturn:
     """Skip, saying why — or fail in CI, where the browser tests must run."""
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"{reason}; CI (CI=true) must run the browser tests", pytrace=False)
@@ -92,7 +92,6 @@ def browser() -> Iterator[Browser]:
         _unavailable(
             "Debian's chromium is not installed (apt-get install chromium; .ci/run installs it)"
         )
-    assert sync_playwright is not None and executable is not None
     expect.set_options(timeout=WAIT_MS)
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=executable)
