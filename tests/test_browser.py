@@ -233,6 +233,24 @@ def test_live_log_and_retry(page: Page, px: Pyrecks, ui_server: str) -> None:  #
     assert px.result(chain) == "finished once"
 
 
+def test_cancel_button_with_the_token_from_the_address(
+    page: Page,
+    px: Pyrecks,  # noqa: F811
+    ui_server: str,
+) -> None:
+    chain = px.start("work(1)")  # no VM: it stays queued
+    page.goto(f"{ui_server}/chains/{chain}?token={TOKEN}")
+    expect(page).to_have_url(f"{ui_server}/chains/{chain}")  # taken out of the address
+    cancel = page.locator('button[data-action="cancel"]')
+    expect(cancel).to_be_enabled()
+    expect(page.locator('button[data-action="retry"]')).to_be_disabled()
+    cancel.click()  # no prompt: the token came with the address
+    expect(page.locator(".action-result")).to_have_text("cancel: ok (cancelled)")
+    expect(page.locator("#summary .badge")).to_have_text("cancelled")
+    expect(cancel).to_be_disabled()
+    assert px.status(chain).status is ChainStatus.CANCELLED
+
+
 def _screenshot_script() -> ModuleType:
     """``docs/img/screenshot.py``, which regenerates the README's picture of a chain page."""
     path = Path(__file__).parent.parent / "docs" / "img" / "screenshot.py"
