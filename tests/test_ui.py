@@ -343,6 +343,9 @@ def test_static_assets_and_trusted_hosts(px: Pyrecks) -> None:
     js = client.get("/static/app.js")
     assert js.status_code == 200 and "EventSource" in js.text
     assert client.get("/static/app.css").status_code == 200
+    icon = client.get("/static/favicon.svg")  # linked by every page: no 404 in the console
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg")
+    assert 'rel="icon" href="/static/favicon.svg"' in client.get("/vms").text
     local_only = TestClient(create_app(px, allowed_hosts=["127.0.0.1", "localhost"]))
     assert local_only.get("/").status_code == 400  # Host: testserver
     assert local_only.get("/", headers={"host": "127.0.0.1:8765"}).status_code == 200
