@@ -181,6 +181,25 @@ def run(
     metavar="SECONDS",
     help="Seconds without a heartbeat after which other VMs take over this VM's chains.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    metavar="PORT",
+    help="Serve Prometheus metrics on this port (0: any free port; docs/observability.md).",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the metrics are served on.",
+)
+@click.option(
+    "--otel",
+    is_flag=True,
+    help="OpenTelemetry traces, configured by the OTEL_* environment (pyrecks[otel]); also "
+    "on without this flag when OTEL_TRACES_EXPORTER or OTEL_SERVICE_NAME is set.",
+)
 @redis_option
 def vm(
     threads: int,
@@ -193,6 +212,9 @@ def vm(
     memory_limit: int,
     max_cells: int,
     lease: float,
+    metrics_port: int | None,
+    metrics_host: str,
+    otel: bool,
     redis_url: str | None,
 ) -> None:
     """Run a VM until Ctrl-C (which drains: running chains go back to the queue)."""
@@ -210,6 +232,7 @@ def vm(
     if name:
         config["name"] = name
     machine = px.vm(**config)
+    _observe(machine, isolation, metrics_host, metrics_port, otel)
     logging.getLogger(VM_LOGGER).warning(
         "pyrecks vm %s: %d threads, %s isolation; Ctrl-C to stop",
         machine.name,
@@ -227,6 +250,27 @@ def vm(
 
 def _interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def _observe(machine: Any, isolation: str, host: str, port: int | None, otel: bool) -> None:
+    """--metrics-port / --otel: subscribe metrics and traces to the VM (pyrecks/observe)."""
+    from pyrecks.errors import PyrecksError
+    from pyrecks.observe.setup import for_vm
+
+    try:
+        observers = for_vm(
+            machine.name,
+            isolation,
+            metrics_host=host,
+            metrics_port=port,
+            otel=otel,
+            say=lambda line: click.echo(line, err=True),
+        )
+    except PyrecksError as exc:
+        machine.executor.close()
+        fail(str(exc))
+        return
+    machine.observe(*observers)
 
 
 @main.command()

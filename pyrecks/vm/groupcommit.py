@@ -21,6 +21,7 @@ from typing import Any
 
 import redis
 
+from pyrecks.observe import NOOP, Observer
 from pyrecks.vm.chainstore import run_script
 
 
@@ -48,6 +49,7 @@ class GroupCommitter:
         self._busy = False
         self.batches = 0
         self.commits = 0
+        self.observer: Observer = NOOP  # metrics (pyrecks/observe): batch sizes
 
     def call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         """Run ``script`` (a registered redis-py Script) with ``keys`` and ``args``."""
@@ -90,6 +92,7 @@ class GroupCommitter:
         client = self._client()
         self.batches += 1
         self.commits += len(batch)
+        self.observer.commit_batch(len(batch))
         try:
             if len(batch) == 1:
                 (only,) = batch

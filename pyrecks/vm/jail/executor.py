@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyrecks.compiler.policy import Policy
+from pyrecks.observe import NOOP, Observer
 from pyrecks.vm.failures import StepFailure
 from pyrecks.vm.isolation import StepRecord
 from pyrecks.vm.jail.cell import MAX_LINE
@@ -145,6 +146,7 @@ class JailExecutor:
         self.started_pids: list[int] = []
         #: The most recent steps (kernel, cell pid, start/end time, outcome).
         self.history: deque[StepRecord] = deque(maxlen=10_000)
+        self.observer: Observer = NOOP  # metrics (pyrecks/observe): cells started, retired
 
     # -- pool --------------------------------------------------------------------------------
 
@@ -200,6 +202,7 @@ class JailExecutor:
                 stale.append(self._idle.popitem(last=False)[1])
         for cell in stale:
             cell.kill()
+        self.observer.cells(len(self._idle), retired=len(stale))
         if found is not None:
             found.signal(signal.SIGCONT)
             return found
@@ -221,6 +224,7 @@ class JailExecutor:
         with self._lock:
             self._busy[pid] = cell
             self.started_pids.append(pid)
+        self.observer.cell_started()
         return cell
 
     def _checkin(self, cell: Cell, healthy: bool) -> None:
@@ -233,8 +237,10 @@ class JailExecutor:
             self._busy.pop(cell.pid, None)
             if healthy and not self._closed:
                 self._idle[cell.pid] = cell
+                self.observer.cells(len(self._idle))
                 return
         cell.kill()
+        self.observer.cells(len(self._idle), retired=1)
 
     # -- KernelExecutor ----------------------------------------------------------------------
 
