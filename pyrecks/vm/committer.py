@@ -99,6 +99,7 @@ class Committer:
             reply = self._claim(chain_id, reclaimed)
         except BaseException:
             self.roster.done(chain_id)
+            self.observer.claim_refused(chain_id)
             raise
         if not reply.ok:
             self.roster.done(chain_id)
