@@ -115,6 +115,9 @@ def test_each_chain_is_one_trace_with_a_span_per_step_under_its_root(
         # The record keeps the root's context for any VM that continues the chain.
         stored = r.hget(px.keyspace.chain(chain), TRACE)
         assert stored == tracing.traceparent(root).encode()
+        # ... and `pyrecks status --json` names the trace to look up.
+        assert root.context is not None
+        assert px.status(chain).trace_id == f"{root.context.trace_id:032x}"
 
 
 def test_fan_out_branches_and_the_join_are_children_of_the_fan_out_step(
@@ -222,6 +225,7 @@ def test_a_vm_that_does_not_trace_stores_no_trace_context(r: redis.Redis) -> Non
         assert px.wait(chain, timeout=60).status is ChainStatus.DONE
     for key in (chain, f"{chain}.0", f"{chain}.1"):
         assert r.hget(px.keyspace.chain(key), TRACE) is None
+    assert px.status(chain).trace_id is None
     assert r.hget(px.keyspace.chain(chain), TRACE_JOIN) is None
 
 

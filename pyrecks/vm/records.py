@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyrecks.errors import PyrecksError
+from pyrecks.vm.chainstore.scripts import TRACE
 
 
 class ChainStatus(enum.StrEnum):
@@ -88,6 +89,13 @@ class ChainInfo:
         )
 
     @property
+    def trace_id(self) -> str | None:
+        """The OpenTelemetry trace of the chain, if a tracing VM ran it (its ``traceparent``
+        is kept in the record, see docs/observability.md)."""
+        parts = self.raw.get(TRACE, "").split("-")
+        return parts[1] if len(parts) == 4 else None
+
+    @property
     def elapsed(self) -> float | None:
         """Seconds from creation to finish (or to now while the chain runs)."""
         if self.created is None:
@@ -130,6 +138,7 @@ class ChainInfo:
             "traceback": self.traceback,
             "parent": self.parent,
             "attempts": self.attempts,
+            "trace_id": self.trace_id,
         }
 
 
