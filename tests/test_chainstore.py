@@ -483,3 +483,22 @@ def test_a_dead_vms_pins_lapse_to_the_resume_stream(r: redis.Redis, store: Chain
     assert [f[b"chain"] for _i, f in r.xrange(KS.resumes)] == [b"q", b"run"]
     assert r.hmget(KS.chain("run"), "status", "owner") == [b"queued", b""]
     assert not r.exists(KS.pinned("vm-a")) and not r.sismember(KS.pins, "vm-a")
+
+
+def test_give_hands_a_held_entry_to_another_consumer_only(
+    r: redis.Redis, store: ChainStore
+) -> None:
+    r.xgroup_create(KS.starts, GROUP, id="0", mkstream=True)
+    entry = r.xadd(KS.starts, {"chain": "c"}).decode()
+    r.xreadgroup(GROUP, "vm-b", {KS.starts: ">"})
+    assert store.give(KS.starts, "vm-c", "vm-a", entry).run().text(0) == "0"  # not vm-c's
+    assert run_declared(r, store.give(KS.starts, "vm-b", "vm-a", entry)).text(0) == "1"
+    held = r.xpending_range(KS.starts, GROUP, "-", "+", 10)
+    assert [p["consumer"] for p in held] == [b"vm-a"]
+
+
+def test_ack_and_hand_back_of_a_stream_whose_group_redis_lost_do_nothing(
+    store: ChainStore,
+) -> None:
+    assert store.ack(KS.resumes, "vm-a", ["1-0"]).run().text(0) == "0"
+    assert store.hand_back(KS.resumes, "vm-a", ["1-0"]).run().text(0) == "0"

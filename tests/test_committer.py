@@ -120,3 +120,21 @@ def test_a_chain_redis_forgot_we_claimed_goes_back_to_the_queue_when_fenced(
         committer.commit(run, "f", parse('f(1) SET [("k", 1)]'), [])
     assert committer.lost(run) is False  # never acknowledge the only entry ...
     assert run.requeue  # ... hand it back: nobody else will deliver it
+
+
+def test_a_chain_redis_took_back_to_an_older_step_of_ours_is_given_back_at_once(
+    r: redis.Redis,
+) -> None:
+    """Redis lost our last commits but still names us the owner at our epoch: nobody else
+    will take the chain before our lease-long silence on it, so we give it back now, at the
+    step Redis has (DISOWN, fenced on the epoch we read); our own entry may then go."""
+    committer = make(r, checkpoint_steps=1, pipeline_below=0)
+    run = claimed(committer, r)
+    committer.commit(run, "f", parse('f(1) INCRBY [("n", 1)]'), [])
+    committer.commit(run, "f", parse('f(2) INCRBY [("n", 1)]'), [])
+    r.hset(KS.chain("c"), mapping={"step": "1", "call": "f(1)"})  # the cut lost step 2
+    with pytest.raises(Lost):
+        committer.commit(run, "f", parse('f(3) INCRBY [("n", 1)]'), [])
+    assert committer.lost(run) is True
+    assert r.hmget(KS.chain("c"), "status", "owner", "step") == [b"queued", b"", b"1"]
+    assert [f[b"chain"] for _i, f in r.xrange(KS.resumes)] == [b"c"]

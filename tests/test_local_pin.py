@@ -89,6 +89,8 @@ def test_a_local_run_is_served_by_its_own_vm_only(r: redis.Redis) -> None:
         ["step 0", "step 1", "leaf 0", "leaf 1", "join [0, 1]", "step 2", "step 3", "step 4"]
     )
     assert set(_counters(r, 4).values()) == {1}
+    # The local VM stopped: its pins lapsed with it, and its stream went.
+    assert not r.exists(KS.pinned(px.local_name)) and not r.smembers(KS.pins)
 
 
 def test_a_local_start_whose_vm_never_came_is_run_by_another_vm(r: redis.Redis) -> None:

@@ -104,3 +104,52 @@ def test_a_start_delivered_again_after_redis_forgot_our_claim_is_not_acknowledge
     with px.local_vm(name="y", threads=1, isolation="thread", echo=False):
         assert px.wait("c", timeout=20).status is ChainStatus.DONE
     assert px.result("c") == 2
+
+
+def test_a_vm_takes_up_entries_it_holds_but_forgot_within_a_heartbeat(r: redis.Redis) -> None:
+    """After a power loss a VM can hold entries of chains it no longer runs (it finished
+    them in the lost second: the ack is gone, and Redis has them running under it).  They
+    used to wait a lease for a takeover, which then asked this VM; the heartbeat takes them
+    up itself once they sit idle for two beats (entries of running chains never do)."""
+    consumer = StreamConsumer(
+        ChainStore(r, KS),
+        RedisAccess(r, threading.Event(), lambda *line, **fields: None),
+        VMConfig(name="vm-a", echo=False, lease=3.0),
+        Roster(),
+        started=0.0,
+    )
+    consumer.ensure_group()
+    forgotten = r.xadd(KS.starts, {"chain": "old"}).decode()
+    just_read = r.xadd(KS.starts, {"chain": "new"}).decode()
+    r.xreadgroup(GROUP, "vm-a", {KS.starts: ">"})
+    r.xclaim(KS.starts, GROUP, "vm-a", 0, [forgotten], idle=2500)  # two beats and more
+    consumer.beat()
+    assert consumer.leftovers() == [(KS.starts, forgotten, {"chain": "old"}, True)]
+    assert just_read != forgotten
+
+
+def test_a_start_of_a_chain_running_elsewhere_goes_to_its_owner_not_away(
+    r: redis.Redis,
+) -> None:
+    """Redis forgot x's delivery of a start (power loss) and delivered it again, to y, while
+    x runs the chain that start began.  y's claim finds the chain running; y used to
+    acknowledge the entry — x's only one — and once Redis also lost x's last commits the
+    chain was left running under a living owner with no entry: stranded for good."""
+    store = ChainStore(r, KS)
+    x = VM(r, KS, VMConfig(name="x", echo=False, threads=1, isolation="thread"))
+    y = VM(r, KS, VMConfig(name="y", echo=False, threads=1, isolation="thread"))
+    try:
+        x.consumer.ensure_group()
+        store.create("c", "inc(1)", "1.0", enqueue=False).run()
+        start = r.xadd(KS.starts, {"chain": "c"}).decode()
+        r.xreadgroup(GROUP, "x", {KS.starts: ">"})
+        assert isinstance(x.committer.claim("c", start, False, KS.starts), ChainRun)
+        r.xclaim(KS.starts, GROUP, "y", 0, [start])  # delivered again, to y
+        y._handle_entry(KS.starts, start, {"chain": "c"}, False)
+    finally:
+        x.executor.close()
+        y.executor.close()
+    pending = r.xpending_range(KS.starts, GROUP, "-", "+", 10)
+    assert [(p["message_id"].decode(), p["consumer"].decode()) for p in pending] == [
+        (start, "x")
+    ]

@@ -355,8 +355,9 @@ def cancel(chain_id: str, redis_url: str | None) -> None:
 def retry(chain_id: str, redis_url: str | None) -> None:
     """Resume a failed chain from the step that failed (e.g. after fixing the kernel)."""
     px = _px(redis_url)
+    step = px.status(chain_id).step  # read first: once queued, a VM may move it on at once
     if px.retry(chain_id):
-        click.echo(f"chain {chain_id} queued again at step {px.status(chain_id).step}")
+        click.echo(f"chain {chain_id} queued again at step {step}")
     else:
         fail(
             f"chain {chain_id} is {px.status(chain_id).status.value}, not failed; nothing to retry"

@@ -53,9 +53,11 @@ from pyrecks.vm.groupcommit import GroupCommitter
 class Claimed:
     """What a claim that did not give us the chain says: ``verdict`` is the reply status."""
 
-    def __init__(self, verdict: str, detail: str = "") -> None:
+    def __init__(self, verdict: str, detail: str = "", owner: str = "") -> None:
         self.verdict = verdict
         self.detail = detail
+        #: For ``skip``: the chain's owner, if it is running (see GIVE).
+        self.owner = owner
 
 
 class Committer:
@@ -104,7 +106,7 @@ class Committer:
         if not reply.ok:
             self.roster.done(chain_id)
             self.observer.claim_refused(chain_id)
-            return Claimed(reply.status, reply.text(0))
+            return Claimed(reply.status, reply.text(0), reply.text(1))
         epoch, step, call_text, join_text, parent, branch, trace, trace_join, pin = (
             reply.text(i) for i in range(9)
         )
@@ -478,13 +480,25 @@ class Committer:
         naming it, so they go back to the queue when it leaves (``run.requeue``), at once
         rather than a lease later; a claim elsewhere meanwhile is harmless (CLAIM skips a
         running chain).
+
+        A chain Redis still has *running under us at our epoch* (but at another step: Redis
+        lost our last commits) would wait a lease for a takeover, and then for us to answer
+        its question: we give it back at once (DISOWN, fenced on that epoch), at the step
+        Redis has; the resume entry DISOWN adds names it, so ours may go.
         """
         try:
-            status = self.access.r.hget(self.store.keyspace.chain(run.id), "status")
+            raw = self.access.r.hmget(self.store.keyspace.chain(run.id), "status", "owner", "epoch")
         except REDIS_DOWN:
             return False
-        run.requeue = text(status) == "queued" if status else False
-        return text(status) in ("done", "failed", "cancelled", "") if status else True
+        status, owner, epoch = (text(v) if v is not None else None for v in raw)
+        if status == "running" and owner == self.name and epoch == run.epoch:
+            with contextlib.suppress(*REDIS_DOWN):
+                if self.store.disown(run.id, self.name, epoch, now()).run().ok:
+                    self.say(f"[{run.id}] given back: Redis lost our last commits")
+                    return True
+            return False
+        run.requeue = status == "queued"
+        return status in ("done", "failed", "cancelled", "") if status else True
 
     def release(self, run: ChainRun) -> bool:
         """Hand the chain back to the queue at its progress (drain); True: ack its entry."""

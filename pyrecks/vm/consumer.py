@@ -63,6 +63,8 @@ class StreamConsumer:
         self.work: queue.Queue[Entry | ChainRun | None] = queue.Queue()
         self.idle = threading.Semaphore(0)
         self.asked: list[str] = []  # chains given back after a question (tests read it)
+        #: (stream, entry id) of entries in the work queue that no worker has begun.
+        self._waiting: set[tuple[str, str]] = set()
         self._next_housekeeping = time.monotonic() + self.config.housekeeping_every
         self.observer: Observer = NOOP  # metrics (pyrecks/observe): queue depth, Redis RTT
 
@@ -127,11 +129,25 @@ class StreamConsumer:
         for stream, entries in held.items():
             # Reset the idle time of our entries: they are not up for takeover.
             pipe.xclaim(stream, GROUP, self.name, 0, entries, justid=True)
+        # Entries we hold but no chain of ours names, idle for two beats (see take_up).
+        idle_ms = int(self.config.lease * 2000 / 3)
+        for stream in self.streams:
+            pipe.xpending_range(
+                stream, GROUP, "-", "+", 100, consumername=self.name, idle=idle_ms
+            )
         pipe.smembers(self.keyspace.pins)
-        pins = pipe.execute()[-1]
+        replies = pipe.execute(raise_on_error=False)
+        if any(isinstance(x, redis.ResponseError) and "NOGROUP" in str(x) for x in replies):
+            self.ensure_group()  # Redis lost a stream or its group (an AOF cut back)
+        for reply in replies:
+            if isinstance(reply, Exception) and not isinstance(reply, redis.ResponseError):
+                raise reply  # (a lost connection: the heartbeat loop says so and retries)
+        replies = [[] if isinstance(x, redis.ResponseError) else x for x in replies]
+        pins, idle = replies[-1], replies[-1 - len(self.streams) : -1]
         if state != "running" and self.config.pinned:
             self.lapse(self.name, min_age=0.0)  # we stopped beating: our pins lapse now
         if state == "running":
+            self.take_up(dict(zip(self.streams, idle, strict=True)))
             self.lapse_pins(sorted(text(m) for m in pins or ()))
             self.answer_asks()
             if time.monotonic() >= self._next_housekeeping:
@@ -171,6 +187,32 @@ class StreamConsumer:
         self.asked += given
         return given
 
+    def take_up(self, idle: dict[str, list[dict[str, Any]]]) -> int:
+        """Queue again the entries we hold that no chain of ours names (``idle``: per stream,
+        our pending entries idle for two beats, as XPENDING described them).
+
+        The heartbeat resets the idle time of every entry of a chain we run, so one idle for
+        two beats is one we forgot: Redis lost its acknowledgement (a power loss), say.  Left
+        alone it waits a lease for a takeover, which then has to ask us; taken up now, the
+        claim (as a takeover of our own) finds out what the chain needs.
+        """
+        held = set(self.roster.entries()) | self._waiting
+        count = 0
+        for stream, pending in idle.items():
+            ids = [text(p["message_id"]) for p in pending or []]
+            ids = [i for i in ids if (stream, i) not in held]
+            if not ids:
+                continue
+            pipe = self.access.r.pipeline(transaction=False)
+            for entry_id in ids:
+                pipe.xrange(stream, entry_id, entry_id)
+            for entry_id, found in zip(ids, pipe.execute(), strict=True):
+                for _id, fields in found or []:
+                    decoded = {text(k): text(v) for k, v in (fields or {}).items()}
+                    self._queue((stream, entry_id, decoded, True))
+                    count += 1
+        return count
+
     # -- pins -------------------------------------------------------------------------------
 
     def lapse_pins(self, names: list[str]) -> int:
@@ -208,6 +250,11 @@ class StreamConsumer:
         if moved:
             self.access.say(f"{moved} chain(s) pinned to {vm} resume elsewhere: it stopped beating")
         return moved
+
+    def give(self, stream: str, entry_id: str, vm: str) -> None:
+        """An entry naming a chain VM ``vm`` runs goes to ``vm`` (see GIVE)."""
+        invocation = self.store.give(stream, self.name, vm, entry_id)
+        self.access.retrying(lambda: invocation.run(self.access.client()))
 
     def hand_over(self, stream: str, entry_id: str, vm: str) -> None:
         """A chain pinned to living VM ``vm`` reached us: its entry goes to ``vm``."""
@@ -383,14 +430,21 @@ class StreamConsumer:
                 self.hand_back(items)  # read while stopping: nobody here will run them
                 return
             for item in items:
-                self.work.put(item)
+                self._queue(item)
             for _ in range(free - len(items)):
                 self.idle.release()
+
+    def _queue(self, item: Entry) -> None:
+        self._waiting.add((item[0], item[1]))
+        self.work.put(item)
 
     def next(self) -> Entry | ChainRun | None:
         """A worker's next entry (None: stop); the worker counts as idle until it comes."""
         self.idle.release()
-        return self.work.get()
+        item = self.work.get()
+        if isinstance(item, tuple):
+            self._waiting.discard((item[0], item[1]))
+        return item
 
     def leftovers(self) -> list[Entry | ChainRun]:
         """Entries queued but never begun, and chains back from a backoff (at stop)."""

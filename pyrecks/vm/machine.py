@@ -369,6 +369,12 @@ class VM:
         if isinstance(claimed, Claimed):
             if claimed.verdict == "pinned":  # another VM's to run, while it beats
                 self.consumer.hand_over(stream, entry_id, claimed.detail)
+            elif claimed.verdict == "skip" and claimed.detail == "running":
+                # Running elsewhere — maybe started by this very entry, whose delivery Redis
+                # forgot (power loss): never acknowledged away, it goes to the owner (ours:
+                # left for our heartbeat to take up).
+                if claimed.owner and claimed.owner != self.name:
+                    self.consumer.give(stream, entry_id, claimed.owner)
             elif claimed.verdict != "alive":  # done, cancelled, waiting, duplicate or expired
                 self.consumer.ack(stream, entry_id)
             return  # alive: its owner still beats, keeps the chain (and acks its entry)

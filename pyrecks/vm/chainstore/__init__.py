@@ -46,6 +46,7 @@ from pyrecks.vm.chainstore.scripts import (
     DISOWN,
     END_TTL,
     FAIL,
+    GIVE,
     GROUP,
     HAND_BACK,
     LAPSE,
@@ -225,6 +226,7 @@ class ChainStore:
         self._ack = r.register_script(ACK)
         self._hand_back = r.register_script(HAND_BACK)
         self._lapse = r.register_script(LAPSE)
+        self._give = r.register_script(GIVE)
 
     # -- starting and managing chains (API and VM) ----------------------------------------
 
@@ -414,6 +416,10 @@ class ChainStore:
         acknowledged: of the entries ``consumer`` holds only."""
         target = self.keyspace.pinned(to_pin) if to_pin else self.keyspace.resumes
         return Invocation(self._hand_back, [stream, target], [GROUP, consumer, *entry_ids])
+
+    def give(self, stream: str, consumer: str, to: str, entry_id: str) -> Invocation:
+        """Give ``entry_id`` (if ``consumer`` holds it) to consumer ``to``."""
+        return Invocation(self._give, [stream], [GROUP, consumer, to, entry_id])
 
     def lapse(self, vm: str, entries: list[tuple[str, str]]) -> Invocation:
         """Move the ``(entry id, chain id)`` entries of dead VM ``vm``'s pinned stream to

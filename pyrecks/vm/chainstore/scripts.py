@@ -69,7 +69,8 @@ return {'ok'}
 # chain (it forgot it, e.g. Redis lost the last second of its AOF) releases it.
 # Reply: {'ok', epoch, step, call, join, parent, branch, trace, trace_join, pin,
 # results...}, {'alive', owner}, {'pin', vm} (not the pin expected: ask again), {'pinned', vm},
-# {'moved', owner} (not the owner expected: ask again), {'skip', status} or {'missing'}.
+# {'moved', owner} (not the owner expected: ask again), {'skip', status, owner} or
+# {'missing'}.
 CLAIM = """
 local st = redis.call('HMGET', KEYS[1], 'status', 'step', 'call', 'join', 'owner', 'parent',
                       'branch', 'TRACE', 'TRACE_JOIN', 'PIN')
@@ -90,7 +91,7 @@ if st[1] == 'running' and ARGV[3] == 'reclaim' then
     end
   end
 elseif st[1] ~= 'queued' then
-  return {'skip', st[1]}
+  return {'skip', st[1], st[5] or ''}
 end
 local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 redis.call('HSET', KEYS[1], 'status', 'running', 'owner', ARGV[1], 'updated', ARGV[2])
@@ -401,12 +402,16 @@ return {'ok'}
 # KEYS: the stream of the entries (starts or resume).  ARGV: group, consumer, entry id...
 # Acknowledges only the entries this consumer holds: an entry another VM took over after
 # our lease expired is that VM's to acknowledge (a zombie's XACK would strand it).
+# A stream whose group Redis lost (an AOF cut back) holds nothing: XPENDING's error counts as
+# "not held" (pcall), here and in HAND_BACK and GIVE.
 # Reply: {'ok', acknowledged count}.
 ACK = """
 local n = 0
 for i = 3, #ARGV do
-  local held = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
-  if #held > 0 then n = n + redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) end
+  local held = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
+  if type(held) == 'table' and #held > 0 then
+    n = n + redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+  end
 end
 return {'ok', n}
 """
@@ -421,8 +426,8 @@ return {'ok', n}
 HAND_BACK = """
 local n = 0
 for i = 3, #ARGV do
-  local held = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
-  if #held > 0 then
+  local held = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
+  if type(held) == 'table' and #held > 0 then
     local entry = redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i])
     if #entry > 0 then redis.call('XADD', KEYS[2], '*', unpack(entry[1][2])) end
     n = n + redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
@@ -460,4 +465,17 @@ if redis.call('XLEN', KEYS[1]) == 0 then
   redis.call('SREM', KEYS[4], ARGV[2])
 end
 return {'ok', moved}
+"""
+
+# KEYS: the entry's stream.  ARGV: group, consumer, the consumer to give it to, entry id.
+# An entry naming a chain another VM runs goes to that VM, if we hold it: its run may be
+# the one this entry started (Redis forgot that VM's delivery and delivered it again, to
+# us), and acknowledged by us the chain would have no entry.  That VM keeps it fresh with
+# its chain, or, if it forgot the chain too, takes it up at its heartbeat (idle entries).
+# Reply: {'ok', given count}.
+GIVE = """
+local held = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[4], ARGV[4], 1, ARGV[2])
+if type(held) ~= 'table' or #held == 0 then return {'ok', 0} end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[4], 'JUSTID')
+return {'ok', 1}
 """
