@@ -36,17 +36,13 @@ CASES: dict[str, Options] = {
 }
 
 #: Fault kinds that currently break a promise of docs/vm.md and docs/operations.md, with the
-#: bug (issue 11): their case is marked xfail(strict=True) until the bug is fixed.  Empty:
-#: at 0684c56 "script-flush" (NoScriptError out of the VM's script calls when a flush lands
-#: between SCRIPT LOAD and the EVALSHA retry) and "power-loss" (issue 11 item 4: chains left
-#: running under a live owner that dropped them) failed here; the fixes in pyrecks/vm
-#: (chainstore's EVAL fallback, releasing chains a VM owns but does not run) pass both.
-KNOWN_BUGS: dict[str, str] = {
-    # Seen once in three interpreters' runs of this case (CI, 3.13): after the AOF is cut
-    # back, a chain can stay 'queued' with no pending entry (its start's delivery survived
-    # the cut, its claim did not), and nothing re-delivers it.  Not strict: it is rare.
-    "power-loss": "a start delivered in the lost second can strand its chain as queued",
-}
+#: bug (issue 11): their case is marked xfail(strict=False) until the bug is fixed.  Empty:
+#: "script-flush" (NoScriptError out of the VM's script calls when a flush lands between
+#: SCRIPT LOAD and the EVALSHA retry) and "power-loss" (chains left running under a live owner
+#: that dropped them; later a chain left queued with no entry, when a VM acknowledged the
+#: start delivered again after the cut as a duplicate of the chain it still ran) failed here;
+#: the fixes in pyrecks/vm pass both (tests/test_vm_ownership.py reproduces the second).
+KNOWN_BUGS: dict[str, str] = {}
 
 
 def _case(kind: str) -> object:
