@@ -18,10 +18,11 @@ import re
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlparse
 
 import redis
 
-from pyrecks.errors import RedisUnavailable
+from pyrecks.errors import PyrecksError, RedisUnavailable
 
 EMBEDDED_SCHEME = "embedded"
 
@@ -125,8 +126,13 @@ class EmbeddedServer:
         """Shut the server down (saving its data); return whether one was running."""
         if not self.is_running():
             return False
-        client = redis.Redis(unix_socket_path=str(self.socket))
-        with contextlib.suppress(redis.ConnectionError):  # the server hangs up as it exits
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        # No retries: the server hangs up as it exits, and redis-py's default retry would
+        # reconnect to the vanished socket with backoff for seconds before giving up.
+        client = redis.Redis(unix_socket_path=str(self.socket), retry=Retry(NoBackoff(), 0))
+        with contextlib.suppress(redis.ConnectionError, OSError):
             client.shutdown(save=True)
         return True
 
@@ -145,23 +151,213 @@ def _wait_until_ready(client: redis.Redis, server: EmbeddedServer) -> None:
         ) from exc
 
 
+class InvalidRedisURL(PyrecksError):
+    """A Redis URL (``--redis`` or ``REDIS_URL``) that cannot work: the message says what is
+    wrong with it and what a valid one looks like.  The CLIs report it as a usage error."""
+
+
+_URL_FORMS = (
+    "redis://[USER:PASSWORD@]HOST[:PORT][/DB], rediss://... for TLS, "
+    "or unix:///path/to/redis.sock[?db=DB]"
+)
+
+
+def _bad_url(url: str, origin: str, what: str, fix: str = "") -> InvalidRedisURL:
+    where = f" (from {origin})" if origin else ""
+    return InvalidRedisURL(
+        f"invalid Redis URL {redact(url)!r}{where}: {what}; " + (fix or f"use {_URL_FORMS}")
+    )
+
+
+def check_url(url: str, origin: str = "") -> str:
+    """Return ``url`` if redis-py can connect with it, else raise :class:`InvalidRedisURL`.
+
+    Catches, before any connection is tried, what redis-py would otherwise report late (as a
+    traceback from the first command) or not at all: an unknown scheme, a port that is not a
+    number in 1-65535, a database that is not a whole number (redis-py silently ignores
+    ``/abc`` and uses database 0), query options that no connection takes or whose values do
+    not parse.  ``origin`` ("--redis", "REDIS_URL") is named in the message.  A database
+    number beyond the server's ``databases`` setting can only be seen by the server:
+    :func:`explain_redis_error` words that one.
+    """
+    if url == f"{EMBEDDED_SCHEME}://":
+        return url
+    scheme, sep, _rest = url.partition("://")
+    if not sep:
+        guess = f"redis://{url.lstrip('/')}" if url else "redis://localhost:6379/0"
+        raise _bad_url(url, origin, "it has no scheme", f"did you mean {redact(guess)!r}?")
+    if scheme not in ("redis", "rediss", "unix"):
+        raise _bad_url(url, origin, f"unknown scheme {scheme + '://'!r}")
+    try:
+        parsed = urlparse(url)
+        port = parsed.port
+    except ValueError as exc:
+        what = _lower_first(str(exc))
+        fix = "the port is a number in 1-65535 (default 6379)" if "port" in what else ""
+        raise _bad_url(url, origin, what, fix) from None
+    if scheme == "unix":
+        if not parsed.path:
+            raise _bad_url(
+                url, origin, "it names no socket", "use unix:///path/to/redis.sock (three slashes)"
+            )
+    else:
+        if port == 0:
+            raise _bad_url(url, origin, "port 0", "the port is a number in 1-65535 (default 6379)")
+        path = unquote(parsed.path)
+        if path not in ("", "/") and not re.fullmatch(r"/[0-9]+/?", path):
+            raise _bad_url(
+                url,
+                origin,
+                f"the database {path.strip('/')!r} is not a database number",
+                "the path after host:port is a database number from 0 (the default) up to the "
+                "server's 'databases' setting (16 by default), e.g. redis://localhost:6379/0",
+            )
+    try:
+        pool = redis.ConnectionPool.from_url(url)
+        db = pool.connection_kwargs.get("db", 0)
+        if isinstance(db, int) and db < 0:
+            raise ValueError(f"database {db} is negative")
+        # What redis-py does lazily, at the first command: build a connection (no socket yet).
+        pool.connection_class(**pool.connection_kwargs)
+    except TypeError as exc:
+        match = re.search(r"unexpected keyword argument '([^']+)'", str(exc))
+        option = match[1] if match else str(exc)
+        raise _bad_url(
+            url,
+            origin,
+            f"unknown option {option!r} in its query",
+            "known options include socket_timeout, socket_connect_timeout, "
+            "health_check_interval, ssl_ca_certs, ssl_cert_reqs and db; see redis-py's "
+            "Redis.from_url",
+        ) from None
+    except (ValueError, redis.RedisError) as exc:
+        raise _bad_url(url, origin, _lower_first(str(exc).rstrip("."))) from None
+    return url
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
+
+
+def url_origin(url: str | None) -> str:
+    """Where the URL :func:`resolve_url` picks comes from, for messages."""
+    if url:
+        return "--redis"
+    return "REDIS_URL" if os.environ.get("REDIS_URL") else ""
+
+
 def connect(url: str | None = None, **kwargs: Any) -> redis.Redis:
-    """A redis-py client for ``url`` (see :func:`resolve_url`); starts the embedded server."""
-    target = resolve_url(url)
+    """A redis-py client for ``url`` (see :func:`resolve_url`); starts the embedded server.
+
+    Raises :class:`InvalidRedisURL` for a URL that cannot work (see :func:`check_url`).
+    """
+    target = check_url(resolve_url(url), url_origin(url))
     if target.startswith(f"{EMBEDDED_SCHEME}://"):
         target = EmbeddedServer().start()
+    return redis.Redis.from_url(target, **kwargs)
+
+
+def explain_redis_error(exc: BaseException, url: str | None) -> tuple[str, int] | None:
+    """One line for a redis-py error a user can fix (credentials, permissions, the database
+    number, an unreachable server), with the exit status; ``None`` for any other error.
+
+    ``url`` is the one given on the command line (``None``: ``REDIS_URL`` or the embedded).
+    """
+    where = describe(url)
+    reason = redact(str(exc)).strip().rstrip(".")
+    target = resolve_url(url)
     try:
-        return redis.Redis.from_url(target, **kwargs)
-    except ValueError as exc:
-        raise RedisUnavailable(
-            f"invalid Redis URL {redact(target)!r}: {exc}; use redis://host:port/db, "
-            "rediss:// for TLS or unix:///path/to/socket"
-        ) from None
+        parsed = urlparse(target)
+        query = parse_qs(parsed.query)
+        user = unquote(parsed.username or "") or next(iter(query.get("username", [])), None)
+        has_password = parsed.password is not None or "password" in query
+    except ValueError:
+        user, has_password = None, False
+    if isinstance(exc, redis.AuthenticationError) or _is_auth_error(reason):
+        given = "--redis URL" if url else "REDIS_URL"
+        if not has_password:
+            return (
+                f"Redis at {where} requires a password and the URL gives none: put it in the "
+                "URL, redis://:PASSWORD@HOST:PORT/DB (requirepass) or "
+                f"redis://USER:PASSWORD@HOST:PORT/DB (an ACL user), with {given}",
+                1,
+            )
+        return (
+            f"Redis at {where} refused the user name or password in the URL ({reason}): "
+            "check USER:PASSWORD in redis://USER:PASSWORD@HOST:PORT/DB (no user name means "
+            "the 'default' user; percent-encode characters such as @ : / in the password), "
+            f"given with {given}",
+            1,
+        )
+    if isinstance(exc, redis.exceptions.NoPermissionError) or "NOPERM" in str(exc):
+        who = f"user {user!r}" if user else "the 'default' user"
+        return (
+            f"Redis at {where} does not allow {who} to do this ({reason}): grant it the "
+            "rules 'pyrecks acl vm' or 'pyrecks acl client' prints (docs/operations.md), or "
+            "connect as a user that has them",
+            1,
+        )
+    text = str(exc)
+    if "DB index is out of range" in text or "Invalid Database" in text:
+        origin = url_origin(url)
+        return (
+            f"Redis at {where} has no such database ({reason}): the number after host:port/ "
+            "(?db= for unix://) picks a database from 0 up to the server's 'databases' setting "
+            "minus one (16 databases by default; 'CONFIG GET databases' shows it), e.g. "
+            "redis://localhost:6379/0" + (f"; fix the URL given with {origin}" if origin else ""),
+            2,
+        )
+    state = _server_state(exc, text)
+    if state:
+        return f"Redis at {where} {state} ({reason})", 1
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        hint = "Is the server running?"
+        if re.search(r"SSL|certificate|TLS", text, re.IGNORECASE):
+            hint = (
+                "A TLS problem: use rediss:// for a TLS port, and ssl_ca_certs=/path/ca.crt in "
+                "the URL's query for a private CA."
+            )
+        return (
+            f"cannot reach Redis at {where}: {reason}. {hint} Pass --redis URL or set "
+            "REDIS_URL.",
+            1,
+        )
+    return None
+
+
+def _server_state(exc: BaseException, text: str) -> str:
+    """What a server in a state pyrecks cannot work with says, worded with the fix."""
+    if isinstance(exc, redis.exceptions.ReadOnlyError) or text.startswith("READONLY"):
+        return "is a read-only replica: point --redis or REDIS_URL at its primary"
+    if isinstance(exc, redis.exceptions.BusyLoadingError) or "loading the dataset" in text:
+        return "is still loading its data set into memory: try again in a moment"
+    if "MISCONF" in text:
+        return "refuses writes because it cannot save its data (see its log): fix its disk"
+    if "OOM command not allowed" in text:
+        return "is out of memory (maxmemory): free some, or raise maxmemory"
+    if "unknown command" in text:
+        return "lacks a command pyrecks needs: pyrecks needs Redis 6.2 or later, or Valkey"
+    return ""
+
+
+def _is_auth_error(text: str) -> bool:
+    return any(
+        marker in text
+        for marker in (
+            "NOAUTH",
+            "WRONGPASS",
+            "Authentication required",
+            "invalid username-password pair",
+            "HELLO must be called with the client already authenticated",
+        )
+    )
 
 
 def redact(url: str) -> str:
-    """``redis://user:secret@host`` -> ``redis://user:***@host``: never print passwords."""
-    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
+    """``redis://user:secret@host`` -> ``redis://user:***@host``: never print passwords
+    (nor a ``?password=`` in the query, which redis-py also takes)."""
+    url = re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url)
 
 
 def describe(url: str | None) -> str:

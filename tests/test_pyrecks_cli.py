@@ -161,7 +161,7 @@ def test_demo_runs_on_the_embedded_redis_with_nothing_else_running(tmp_path: Pat
 
 def test_bad_urls_and_passwords_in_errors(redis_url: str) -> None:
     bad = pyrecks("ls", "--redis", "foo://bar")
-    assert bad.returncode == 1
+    assert bad.returncode == 2  # a usage error, like click's own (tests/test_cli_errors.py)
     assert "invalid Redis URL" in bad.stderr and "Traceback" not in bad.stderr
     secret = pyrecks("ls", "--redis", "redis://:hunter2@127.0.0.1:1/0")
     assert secret.returncode == 1

@@ -209,3 +209,23 @@ def test_show_and_rm_treat_ordinary_data_as_not_a_kernel(r: redis.Redis, redis_u
     assert removed.exit_code == 1
     assert "nothing was deleted" in removed.output
     assert r.exists("func0") and r.get("doc:1") == b"just a document"
+
+
+def test_list_shows_only_kernels_that_exist(redis_url: str, r: redis.Redis) -> None:
+    """The kernels set is an index; the keys decide (KernelStore.names)."""
+    assert run("compile", str(KERNELS), "--redis", redis_url)[0] == 0
+    r.delete("func1")  # a plain DEL, behind pyrecks' back
+    r.set("func2", "just a greeting")  # overwritten with data that is not a kernel
+    r.delete("start")
+    r.hset("start", "owner", "me")  # a hash, but no kernel record
+    code, out, _ = run("list", "--redis", redis_url)
+    assert code == 0
+    assert [line.split()[0] for line in out.splitlines()[2:]] == ["func0", "wc_count", "wc_split"]
+    # The names left the listings, not the index: reads never write.  Storing a kernel
+    # again brings its name back.
+    assert r.sismember("pyrecks:kernels", "func1")
+    code, _out, err = run("show", "fucn1", "--redis", redis_url)
+    assert code == 1 and "func1" not in err  # func1 is gone: it is not offered
+    assert run("compile", str(KERNELS / "func1.py"), "--redis", redis_url)[0] == 0
+    code, out, _ = run("list", "--redis", redis_url)
+    assert "func1" in out and "func2" not in out

@@ -180,3 +180,14 @@ def test_summaries(r: redis.Redis) -> None:
         ("a", 1, True),
         ("b", 1, True),
     ]
+
+
+def test_names_follow_the_keys_not_the_index(r: redis.Redis) -> None:
+    store = KernelStore(r)
+    store.put_many([compile_kernel(n, src(n)) for n in ("a", "b", "c", "d")])
+    r.delete("a")
+    r.set("b", "not source")
+    r.set("c", src("c"))  # a seed-style string written over the record: still a kernel
+    assert store.names() == ["c", "d"]
+    assert [s["name"] for s in store.summaries()] == ["c", "d"]
+    assert r.smembers("pyrecks:kernels") == {b"a", b"b", b"c", b"d"}

@@ -21,7 +21,7 @@ from typing import Any
 
 import click
 
-from pyrecks.cli.common import fail, redis_option, remember_url
+from pyrecks.cli.common import POSITIVE_SECONDS, fail, redis_option, remember_url
 from pyrecks.cli.pyrecksc import main
 from pyrecks.compiler.checker import Finding, check
 from pyrecks.compiler.compiler import (
@@ -697,9 +697,18 @@ def policy_show(redis_url: str | None, as_json: bool, default: bool) -> None:
 @click.option("--disallow-module", multiple=True, metavar="MODULE", help="Remove from it.")
 @click.option("--forbid-builtin", multiple=True, metavar="NAME")
 @click.option("--allow-builtin", multiple=True, metavar="NAME")
-@click.option("--timeout", "default_timeout", type=float, help="Default kernel time limit (s).")
-@click.option("--max-timeout", type=float, help="Largest PYRECKS_TIMEOUT a kernel may set.")
-@click.option("--retries", "default_retries", type=int, help="Default retries of a failed step.")
+@click.option(
+    "--timeout", "default_timeout", type=POSITIVE_SECONDS, help="Default kernel time limit (s)."
+)
+@click.option(
+    "--max-timeout", type=POSITIVE_SECONDS, help="Largest PYRECKS_TIMEOUT a kernel may set."
+)
+@click.option(
+    "--retries",
+    "default_retries",
+    type=click.IntRange(min=0),
+    help="Default retries of a failed step.",
+)
 @click.option(
     "--effect-keys",
     multiple=True,

@@ -13,7 +13,7 @@ import click
 
 from pyrecks import __version__, watching
 from pyrecks.api import ChainExists, Pyrecks, connect
-from pyrecks.cli.common import PyrecksGroup, fail, redis_option
+from pyrecks.cli.common import SECONDS, PyrecksGroup, Seconds, fail, redis_option
 from pyrecks.logsetup import FORMATS as LOG_FORMATS
 from pyrecks.logsetup import LEVELS as LOG_LEVELS
 from pyrecks.logsetup import VM_LOGGER
@@ -53,8 +53,14 @@ def _finish(px: Pyrecks, chain_id: str, as_json: bool, info: ChainInfo) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the final chain record as JSON.")
 @click.option("--id", "chain_id", default=None, help="Chain id to use (idempotent start).")
-@click.option("--timeout", type=float, default=None, help="Give up waiting after SECONDS.")
-@click.option("--threads", type=int, default=4, show_default=True, help="Threads of a --local VM.")
+@click.option("--timeout", type=SECONDS, default=None, help="Give up waiting after SECONDS.")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Threads of a --local VM.",
+)
 @redis_option
 def run(
     call: str,
@@ -117,7 +123,7 @@ def run(
 
 
 @main.command()
-@click.option("--threads", "-t", type=int, default=8, show_default=True)
+@click.option("--threads", "-t", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--name", default=None, help="Stable VM name (default: host-pid-random).")
 @click.option(
     "--quiet",
@@ -142,7 +148,7 @@ def run(
 )
 @click.option(
     "--retention",
-    type=int,
+    type=click.IntRange(min=1),
     default=7 * 24 * 3600,
     show_default=True,
     help="Seconds finished chain records and logs are kept.",
@@ -175,7 +181,7 @@ def run(
 )
 @click.option(
     "--lease",
-    type=click.FloatRange(min=0.1),
+    type=Seconds(min=0.1),
     default=10.0,
     show_default=True,
     metavar="SECONDS",
@@ -317,7 +323,7 @@ def logs(chain_id: str, follow: bool, as_json: bool, branches: bool, redis_url: 
 
 @main.command("ls")
 @click.option("--status", "status_filter", type=click.Choice([s.value for s in ChainStatus]))
-@click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @redis_option
 def ls_cmd(status_filter: str | None, limit: int, as_json: bool, redis_url: str | None) -> None:

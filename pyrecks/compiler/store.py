@@ -17,7 +17,9 @@ a hash with exactly these fields:
 ``updated``    unix time of the write, as a float
 =============  ==========================================================================
 
-Every name stored through pyrecks is also in the set ``keyspace.kernels``.
+Every name stored through pyrecks is also in the set ``keyspace.kernels``, an index that
+the keys overrule: a name whose key was deleted by hand (``DEL``) is left out of every
+listing (:meth:`KernelStore.names`).
 
 The seed wrote kernels as plain strings (``SET func0 "def func0(x): …"``).  Those still work:
 :meth:`KernelStore.get` returns them as records with ``compiled=False``, and the VM, on first
@@ -388,8 +390,41 @@ class KernelStore:
 
     def names(self) -> list[str]:
         """Names of every kernel stored through pyrecks (seed-style strings appear after
-        their first use, when the VM promotes them)."""
-        return sorted(_text(n) for n in self.r.smembers(self.keyspace.kernels))
+        their first use, when the VM promotes them).
+
+        The set ``keyspace.kernels`` is only an index: the key decides.  A name whose key no
+        longer holds a kernel — deleted with a plain ``DEL``, or overwritten with other data —
+        is left out, by the same rule as :meth:`get` (a hash with ``source``, or a string
+        that :func:`looks_like_kernel`).  Reading never repairs the index (readers may lack
+        write permission); writing the kernel again, or ``pyrecksc rm``, brings it back in
+        line.
+        """
+        listed = sorted(_text(n) for n in self.r.smembers(self.keyspace.kernels))
+        return [name for name, ok in zip(listed, self._hold_kernels(listed), strict=True) if ok]
+
+    def _hold_kernels(self, names: Sequence[str]) -> list[bool]:
+        """Whether each name's key holds a kernel (two pipelined round trips in all)."""
+        keys = [self.keyspace.kernel(n) for n in names]
+        kinds = self._types(keys)
+        pipe = self.r.pipeline(transaction=False)
+        for key, kind in zip(keys, kinds, strict=True):
+            if kind == "hash":
+                pipe.hexists(key, "source")
+            elif kind == "string":
+                pipe.get(key)
+            else:
+                pipe.exists(key)  # a placeholder answer, ignored
+        answers = pipe.execute(raise_on_error=False) if keys else []
+        held = []
+        for name, kind, answer in zip(names, kinds, answers, strict=True):
+            if kind == "hash":
+                held.append(answer is True or answer == 1)
+            elif kind == "string":
+                text = _text(answer) if isinstance(answer, bytes | str) else ""
+                held.append(looks_like_kernel(text, name))
+            else:
+                held.append(False)
+        return held
 
     def summaries(self) -> list[dict[str, Any]]:
         """Name, version, compiled flag, digest and update time of every listed kernel."""
