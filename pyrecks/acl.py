@@ -36,6 +36,7 @@ VM_COMMANDS = sorted(
             "get", "persist", "zrem", "sismember", "smembers", "lrange", "zrange",
             "xreadgroup", "xack", "xautoclaim", "xclaim", "xgroup|create", "xread", "xrange",
             "xpending",  # the ACK script: acknowledge only entries this VM holds
+            "xlen", "xdel",  # the LAPSE script: a dead VM's pinned stream moves and goes
             "multi", "exec", "watch", "unwatch",
             # hot-patch freshness through client-side caching invalidations
             "client|id", "client|tracking", "subscribe",
@@ -50,6 +51,7 @@ CLIENT_COMMANDS = sorted(
             # start (create script), status, logs, ls, cancel, retry, vms
             "hgetall", "hget", "hset", "hsetnx", "exists", "expire", "persist", "zadd",
             "zrem", "zrevrange", "zrange", "xadd", "xread", "xrange",
+            "del",  # retry: a failed chain's end stream goes, so waiters wait for the new end
         ]
     )
 )  # fmt: skip

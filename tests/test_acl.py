@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -127,3 +128,26 @@ def test_chains_run_over_tls_with_a_password(redis_factory: Callable[..., RedisS
     plain = redis.Redis(host="127.0.0.1", port=server.port, password="tls-secret", socket_timeout=2)
     with pytest.raises(redis.ConnectionError):
         plain.ping()  # the server speaks TLS only
+
+
+def _commands_called_by(script: str) -> set[str]:
+    return {name.lower() for name in re.findall(r"redis\.p?call\('([A-Za-z]+)'", script)}
+
+
+def test_the_vm_role_allows_every_command_the_chain_store_scripts_call() -> None:
+    """Redis checks a script's own calls against the caller's ACL, so a command a script
+    gains (XLEN and XDEL came with the LAPSE script) must reach the VM role too, or the
+    VM fails under ACLs only."""
+    from pyrecks.acl import CLIENT_COMMANDS, VM_COMMANDS
+    from pyrecks.vm.chainstore import scripts
+
+    every_script = [v for k, v in vars(scripts).items() if k.isupper() and isinstance(v, str)]
+    called = set().union(*(_commands_called_by(s) for s in every_script))
+    assert {"xack", "hset", "xlen", "xdel"} <= called  # the scan finds the calls at all
+    assert called - set(VM_COMMANDS) == set()
+    # The client role runs the scripts of start, cancel and retry; only a pinned start
+    # (``run --local``, which runs a VM and so needs the VM role) adds to the pins set.
+    client_called = set().union(
+        *(_commands_called_by(s) for s in (scripts.CREATE, scripts.CANCEL, scripts.RETRY))
+    )
+    assert client_called - set(CLIENT_COMMANDS) == {"sadd"}

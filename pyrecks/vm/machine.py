@@ -272,6 +272,8 @@ class VM:
             self.consumer.work.put(None)
         deadline = None if timeout is None else time.monotonic() + timeout
         for t in list(self._threads):
+            if t.ident is None:  # a Ctrl-C in start() came between spawning and starting it
+                continue
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             t.join(left)
         entries = []
