@@ -135,6 +135,8 @@ def describe(info: ChainInfo, running: RunningStep | None = None) -> str:
         lines.append(f"elapsed  {info.elapsed:.3f}s")
     if info.parent:
         lines.append(f"parent   {info.parent}")
+    if info.trace_id:  # recorded when the VM traces (--otel): find the chain in your tracer
+        lines.append(f"trace    {info.trace_id}")
     if info.status is ChainStatus.DONE and info.result:
         lines.append(f"result   {info.result}")
     if info.error:
