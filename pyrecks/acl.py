@@ -8,7 +8,8 @@
 * **client** — starts, watches, cancels and retries chains: only chain records, logs, the
   starts stream and the indexes (:data:`CLIENT_KEYS`), and only the commands those
   operations use.  It cannot read or write user data, kernels or
-  the policy, and cannot run admin commands.
+  the policy itself, and cannot run admin commands.  A chain it starts runs as the VM,
+  though: narrow what ``@key`` inputs may read with the policy's ``input_key_patterns``.
 
 Redis checks ACLs on the commands a Lua script calls too, so granting EVALSHA does not grant
 what the scripts do; that is why the write commands the scripts use are listed here.

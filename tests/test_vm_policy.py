@@ -46,3 +46,66 @@ def test_finished_chain_records_and_logs_expire_after_the_retention(r: redis.Red
     assert 0 < r.ttl(ks.log(info.id)) <= 120
     running = px.start("once")
     assert r.ttl(ks.chain(running)) == -1  # unfinished chains never expire
+
+
+
+READER = "def reader(x):\n    return 'return ' + repr(str(x)[:300])\n"
+
+
+def test_inputs_may_not_read_pyrecks_keys_or_kernels(r: redis.Redis) -> None:
+    """An ``@key`` fence like the one on effects, with no policy at all: another chain's
+    record or result, and a kernel's source, are not data a kernel may be handed (a linted
+    kernel read them; so could any client user allowed to start chains)."""
+    raw_kernel(r, "reader", READER)
+    raw_kernel(r, "secret_kernel", "def secret_kernel():\n    return 'hunter3'\n")
+    r.set("doc", "public text")
+    px = Pyrecks(r)
+    victim = run_to_end(px, 'reader("victim: password=hunter2")')
+    assert victim.status is ChainStatus.DONE
+    ks = Keyspace()
+    refused = [ks.chain(victim.id), ks.results(victim.id), ks.chains, "secret_kernel"]
+    with px.local_vm(echo=False):
+        chains = [px.start(f'reader("@{key}")') for key in [*refused, "doc"]]
+        infos = [px.wait(chain, timeout=30) for chain in chains]
+    for key, info in zip(refused, infos, strict=False):
+        assert info.status is ChainStatus.FAILED, key
+        assert info.error_kind == "input", (key, info.error)
+        assert "may not be read by kernels" in (info.error or ""), info.error
+        assert "hunter" not in repr(info.raw)  # nothing of the victim reached the record
+    assert infos[-1].status is ChainStatus.DONE
+    assert px.result(infos[-1].id) == "public text"
+
+
+def test_input_key_patterns_restrict_which_keys_inputs_may_read(r: redis.Redis) -> None:
+    save_policy(r, Keyspace(), Policy(input_key_patterns=("app:*",)))
+    raw_kernel(r, "reader", READER)
+    r.set("app:doc", "mine")
+    r.set("hr:salaries", "theirs")
+    px = Pyrecks(r)
+    allowed = run_to_end(px, 'reader("@app:doc")')
+    refused = run_to_end(px, 'reader("@hr:salaries")')
+    assert allowed.status is ChainStatus.DONE
+    assert px.result(allowed.id) == "mine"
+    assert refused.status is ChainStatus.FAILED
+    assert refused.error_kind == "input"
+    assert "app:*" in (refused.error or "") and "input_key_patterns" in (refused.error or "")
+    assert "theirs" not in repr(refused.raw)
+
+
+def test_policy_set_input_keys_is_shown_and_reaches_the_policy(
+    r: redis.Redis, redis_url: str
+) -> None:
+    from click.testing import CliRunner
+
+    from pyrecks.cli.pyrecksc import main
+    from pyrecks.compiler.policy import load_policy
+
+    runner = CliRunner()
+    done = runner.invoke(main, ["policy", "set", "--input-keys", "app:*", "--redis", redis_url])
+    assert done.exit_code == 0, done.output
+    assert load_policy(r, Keyspace()).input_key_patterns == ("app:*",)
+    shown = runner.invoke(main, ["policy", "show", "--redis", redis_url])
+    assert "input keys (@key):    app:*" in shown.output
+    cleared = runner.invoke(main, ["policy", "set", "--input-keys", "", "--redis", redis_url])
+    assert cleared.exit_code == 0
+    assert load_policy(r, Keyspace()).input_key_patterns == ()

@@ -688,6 +688,8 @@ def policy_show(redis_url: str | None, as_json: bool, default: bool) -> None:
     )
     patterns = ", ".join(current.effect_key_patterns) or "any key not owned by pyrecks/kernels"
     click.echo(f"effect keys:          {patterns}")
+    inputs = ", ".join(current.input_key_patterns) or "any key not owned by pyrecks/kernels"
+    click.echo(f"input keys (@key):    {inputs}")
     click.echo(f"nondeterminism:       {'warn' if current.warn_nondeterminism else 'ignore'}")
 
 
@@ -716,6 +718,12 @@ def policy_show(redis_url: str | None, as_json: bool, default: bool) -> None:
     help="Glob patterns effect keys must match (repeat; '' clears the list).",
 )
 @click.option(
+    "--input-keys",
+    multiple=True,
+    metavar="GLOB",
+    help="Glob patterns the keys of @key inputs must match (repeat; '' clears the list).",
+)
+@click.option(
     "--from-file",
     type=click.Path(exists=True, dir_okay=False),
     help="Replace the whole policy with this JSON file.",
@@ -730,6 +738,7 @@ def policy_set(
     max_timeout: float | None,
     default_retries: int | None,
     effect_keys: tuple[str, ...],
+    input_keys: tuple[str, ...],
     from_file: str | None,
 ) -> None:
     """Change the stored policy; running VMs pick it up when they reload it."""
@@ -756,6 +765,8 @@ def policy_set(
         changes["default_retries"] = default_retries
     if effect_keys:
         changes["effect_key_patterns"] = [p for p in effect_keys if p]
+    if input_keys:
+        changes["input_key_patterns"] = [p for p in input_keys if p]
     try:
         updated = current.with_changes(**changes)
     except PyrecksError as exc:

@@ -44,7 +44,9 @@ class Policy:
 
     ``effect_key_patterns`` are glob patterns (Redis ``MATCH`` syntax) that the keys written by
     return-string effects must match; empty means "any key that is neither a kernel nor a
-    pyrecks-internal key".  ``default_timeout`` applies to kernels that do not set
+    pyrecks-internal key".  ``input_key_patterns`` are the same for the keys ``@key``
+    arguments read (empty: any key that is neither a kernel nor pyrecks-internal).
+    ``default_timeout`` applies to kernels that do not set
     ``PYRECKS_TIMEOUT``; ``max_timeout`` caps what a kernel may ask for.
     """
 
@@ -56,6 +58,7 @@ class Policy:
     default_retries: int = 0
     max_retries: int = 100
     effect_key_patterns: tuple[str, ...] = ()
+    input_key_patterns: tuple[str, ...] = ()
     warn_nondeterminism: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
@@ -149,7 +152,7 @@ def _coerce(key: str, value: Any) -> Any:
             ):
                 raise TypeError("expected a list of strings")
             return frozenset(value)
-        if key == "effect_key_patterns":
+        if key in ("effect_key_patterns", "input_key_patterns"):
             if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
                 raise TypeError("expected a list of glob patterns")
             return tuple(value)

@@ -102,3 +102,4 @@ def check_patterns(effects: Sequence[Effect], patterns: Sequence[str]) -> None:
                 f"{effect.command} {key}: key does not match the allowed effect key "
                 f"patterns {list(patterns)} (policy effect_key_patterns)"
             )
+

@@ -26,6 +26,7 @@ from pyrecks.vm.convert import ArgumentError, RedisValue, convert
 from pyrecks.vm.executors import KernelExecutor
 from pyrecks.vm.failures import StepFailure
 from pyrecks.vm.freshness import KernelWatch
+from pyrecks.vm.inputs import check_inputs, refused_input
 from pyrecks.vm.loader import KernelLoader, LoadedKernel
 from pyrecks.vm.output import StepOutput
 
@@ -150,9 +151,12 @@ class StepRunner:
                 return cached, []
         self.committer.settle(run)  # @key inputs must see the previous step's effects
         run.asked = True
+        check_inputs(call.name, refs, self._policy().input_key_patterns)
         rc = self.access.client()
         invocation = self.store.prepare(call.name, refs, known, self._sha1_of(call.name))
         prep = self.access.retrying(lambda: invocation.run(rc))
+        if prep.status == "refused":
+            raise StepFailure("input", refused_input(call.name, prep.text(0), prep.text(1)))
         try:
             kernel = self.loader.resolve(call.name, prep.text(0), prep.values[1])
         except KernelNotFound as exc:

@@ -320,8 +320,11 @@ class ChainStore:
 
     def prepare(self, kernel: str, refs: list[str], digest: str, source_sha1: str) -> Invocation:
         """The kernel record (unless it is the one the caller has) and every ``@key``."""
-        keys = [self.keyspace.kernel(kernel), *refs]
-        return Invocation(self._prepare, keys, [digest, source_sha1])
+        ks = self.keyspace
+        keys = [ks.kernel(kernel), *refs]
+        return Invocation(
+            self._prepare, keys, [digest, source_sha1, ks.internal_prefix, ks.kernel_prefix]
+        )
 
     def commit(self, chain_id: str, commit: Commit, *, pinned_to: str = "") -> Invocation:
         """``pinned_to``: the committing VM, if the chain is pinned to it (its branches and

@@ -112,12 +112,55 @@ return out
     "'PIN'", f"'{PIN}'"
 )
 
+def _lua_looks_like_kernel() -> str:
+    """The store's "this string is kernel NAME's source" rule, as a Lua function: one rule
+    for the store and the effect guard (tests/test_compiler_store_rule.py)."""
+    from pyrecks.compiler.store import LUA_LOOKS_LIKE_KERNEL
+
+    return f"local function looks_like_kernel(value, name)\n  return {LUA_LOOKS_LIKE_KERNEL}\nend\n"
+
+
+def _lua_kernel_keys() -> str:
+    """Which keys hold kernels, as Lua functions over the kernel prefix ``kprefix``: the
+    store's rule (a hash with ``source`` and a digest, or whose source defines the name; a
+    string that is the name's source), one piece for the effect guard and the input guard."""
+    return (
+        _lua_looks_like_kernel()
+        + """
+local function kernel_name(key, kprefix)
+  -- The kernel a key would hold (nil: not a kernel key), by the store's key rule.
+  if string.sub(key, 1, string.len(kprefix)) ~= kprefix then return nil end
+  return string.sub(key, string.len(kprefix) + 1)
+end
+local function holds_kernel(key, kprefix)
+  local t, name = redis.call('TYPE', key)['ok'], kernel_name(key, kprefix)
+  if t == 'hash' and redis.call('HEXISTS', key, 'source') == 1 then
+    if redis.call('HEXISTS', key, 'digest') == 1 then return true end
+    return name ~= nil and looks_like_kernel(redis.call('HGET', key, 'source'), name)
+  end
+  return t == 'string' and name ~= nil and looks_like_kernel(redis.call('GET', key), name)
+end
+"""
+    )
+
+
 # KEYS: kernel record, then one key per @key argument.
-# ARGV: digest the caller has cached, sha1 of the source the caller has cached.
+# ARGV: digest the caller has cached, sha1 of the source the caller has cached, the internal
+# key prefix, the kernel prefix.  An @key may not name a pyrecks key (other chains' records,
+# results, logs) nor a kernel: the same keys effects may not write.
 # "same" needs the stored digest *and* the stored source to be the caller's: a hot patch by
 # ``HSET name source …`` alone leaves a stale digest behind.
-# Reply: {'ok', kernel_state, kernel_payload, {type, data} per @key}.
-PREPARE = """
+# Reply: {'ok', kernel_state, kernel_payload, {type, data} per @key}, or
+# {'refused', key, 'internal' | 'kernel'}.
+PREPARE = (
+    _lua_kernel_keys()
+    + """
+local prefix, kprefix = ARGV[3], ARGV[4]
+for i = 2, #KEYS do
+  local k = KEYS[i]
+  if string.sub(k, 1, string.len(prefix)) == prefix then return {'refused', k, 'internal'} end
+  if holds_kernel(k, kprefix) then return {'refused', k, 'kernel'} end
+end
 local out = {'ok'}
 local t = redis.call('TYPE', KEYS[1])['ok']
 if t == 'hash' then
@@ -145,6 +188,7 @@ for i = 2, #KEYS do
 end
 return out
 """
+)
 
 # Shared fence: the caller must own the chain at the step it read.
 _FENCE = """
@@ -178,14 +222,6 @@ end
 """
 
 
-def _lua_looks_like_kernel() -> str:
-    """The store's "this string is kernel NAME's source" rule, as a Lua function: one rule
-    for the store and the effect guard (tests/test_compiler_store_rule.py)."""
-    from pyrecks.compiler.store import LUA_LOOKS_LIKE_KERNEL
-
-    return f"local function looks_like_kernel(value, name)\n  return {LUA_LOOKS_LIKE_KERNEL}\nend\n"
-
-
 def _lua_key_types() -> str:
     from pyrecks.vm.effects import KEY_TYPES
 
@@ -207,15 +243,10 @@ COMMIT = (
     _FENCE
     + "local maxlog, retention = ARGV[3], ARGV[4]\n"
     + _lua_key_types()
-    + _lua_looks_like_kernel()
+    + _lua_kernel_keys()
     + _EXPIRE_FINISHED
     + """
 local prefix, kprefix = ARGV[2], ARGV[5]
-local function kernel_name(key)
-  -- The kernel a key would hold (nil: not a kernel key), by the store's key rule.
-  if string.sub(key, 1, string.len(kprefix)) ~= kprefix then return nil end
-  return string.sub(key, string.len(kprefix) + 1)
-end
 for _, e in ipairs(p.effects) do
   local cmd, key = e[1], KEYS[tonumber(e[2])]
   if string.sub(key, 1, string.len(prefix)) == prefix then
@@ -228,7 +259,7 @@ for _, e in ipairs(p.effects) do
   end
   local t = redis.call('TYPE', key)['ok']
   local want = KEY_TYPES[cmd]
-  local name = kernel_name(key)
+  local name = kernel_name(key, kprefix)
   if t == 'hash' and redis.call('HEXISTS', key, 'source') == 1 and (
       redis.call('HEXISTS', key, 'digest') == 1
       or (name and looks_like_kernel(redis.call('HGET', key, 'source'), name))) then
