@@ -625,11 +625,14 @@ def test_a_cell_that_answers_by_itself_and_stops_reading_cannot_hang_the_vm(
 
 
 def test_one_source_with_two_codes_never_shares_a_cell(px: Pyrecks, vm: VM) -> None:
-    source = "def twin():\n    return 'return \"honest\"'\n"
-    raw_kernel(px.r, "victim", source.replace("twin", "victim"))
-    _store_record(
-        px.r, "evil", source.replace("twin", "victim"), "def evil():\n    return 'return \"evil\"'\n"
+    # One source that defines both names (the VM runs a record only if its source defines
+    # its name), paired in the "evil" record with other code.
+    source = (
+        "def victim():\n    return 'return \"honest\"'\n"
+        "def evil():\n    return 'return \"honest\"'\n"
     )
+    raw_kernel(px.r, "victim", source)
+    _store_record(px.r, "evil", source, "def evil():\n    return 'return \"evil\"'\n")
     assert _run(px, "evil()")[1] == "evil"
     assert _run(px, "victim()")[1] == "honest"
     assert _run(px, "evil()")[1] == "evil"
