@@ -180,7 +180,10 @@ class RedisAccess:
         self._local = threading.local()
 
     def client(self) -> redis.Redis:
-        """This thread's own connection: no pool checkout per command on the hot path."""
+        """This thread's own connection: no pool checkout per command on the hot path
+        (on a cluster: the cluster client, which routes each command to its node)."""
+        if not hasattr(self.r, "connection_pool"):
+            return self.r  # a RedisCluster: it keeps a connection pool per node itself
         client = getattr(self._local, "client", None)
         if client is None:
             client = redis.Redis(

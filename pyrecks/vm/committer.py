@@ -48,6 +48,7 @@ from pyrecks.vm.config import VMConfig
 from pyrecks.vm.effects import EffectRejected, check_patterns, encode_effect
 from pyrecks.vm.failures import StepFailure
 from pyrecks.vm.groupcommit import GroupCommitter
+from pyrecks.vm.outbox import Outbox
 
 
 class Claimed:
@@ -78,6 +79,8 @@ class Committer:
         self.name = config.name
         self._patterns = effect_key_patterns
         self.group = GroupCommitter(access.client)
+        #: On a cluster, effects go through the outbox (see pyrecks/vm/outbox.py).
+        self.outbox = Outbox(store, access) if store.keyspace.sharded else None
         self.observer: Observer = NOOP  # metrics, traces (pyrecks/observe): VM.observe
 
     @property
@@ -124,9 +127,16 @@ class Committer:
             stored_call=call_text,
             stored_join=join_text,
             results=results,
-            stream=stream or self.store.keyspace.starts,
+            stream=stream or self.store.keyspace.for_chain(chain_id).starts,
             pin=pin,
         )
+        if self.outbox is not None:
+            # What a VM that died after its commit still owed lands before our next step.
+            try:
+                self.outbox.flush(chain_id)
+            except BaseException:
+                self.roster.done(chain_id)
+                raise
         self.roster.running(run)
         self.observer.chain_claimed(run, trace, trace_join)
         return run
@@ -303,6 +313,8 @@ class Committer:
         try:
             check_patterns(transition.effects, self._patterns())
             effects = [encode_effect(e) for e in transition.effects]
+            if self.outbox is not None and effects:
+                self.outbox.check(effects)
         except EffectRejected as exc:
             raise StepFailure("effect", str(exc)) from None
         step = run.step + 1
@@ -356,6 +368,8 @@ class Committer:
                 run.pending_logs = [*run.pending_logs, *printed]
             self._refused(run, reply)
         self._advance(run, step, then)
+        if self.outbox is not None and effects:
+            self.outbox.deliver(run.id, str(step), effects)
 
     @staticmethod
     def _advance(run: ChainRun, step: int, then: Any) -> None:

@@ -42,7 +42,8 @@ def _s(value: Any) -> str:
 class KernelWatch:
     """Trusted kernel digests, kept valid by Redis invalidation messages."""
 
-    def __init__(self, pool: redis.ConnectionPool) -> None:
+    def __init__(self, pool: redis.ConnectionPool | None) -> None:
+        # (None: a cluster client, which has no single pool; the VM then tracks nothing.)
         self._pool = pool
         self._lock = threading.Lock()
         self._trusted: dict[str, str] = {}  # kernel key -> digest
@@ -113,6 +114,7 @@ class KernelWatch:
     def _new_connection(self) -> Any:
         # RESP2 on purpose: invalidations then arrive as plain pub/sub messages on the
         # listener (REDIRECT), instead of RESP3 push frames redis-py would swallow.
+        assert self._pool is not None, "kernel tracking needs one server (not a cluster)"
         kwargs = {**self._pool.connection_kwargs, "protocol": 2}
         return self._pool.connection_class(**kwargs)
 

@@ -48,6 +48,7 @@ from typing import Any
 
 import redis
 
+from pyrecks.cluster import adapt, for_cluster
 from pyrecks.compiler.instructions import Call
 from pyrecks.compiler.policy import Policy
 from pyrecks.compiler.render import render_call
@@ -94,8 +95,10 @@ class VM:
         executor: KernelExecutor | None = None,
     ) -> None:
         self.r = r
-        self.keyspace = keyspace or Keyspace()
+        self.keyspace = adapt(r, keyspace or Keyspace())
         self.config = config or VMConfig()
+        if self.keyspace.sharded:
+            self.config = for_cluster(self.config)
         if self.config.isolation not in ISOLATION_MODES:
             raise PyrecksError(
                 f"unknown isolation {self.config.isolation!r}: use one of "
@@ -118,7 +121,7 @@ class VM:
         self._delayed: list[tuple[float, int, ChainRun]] = []
         self._delay_order = itertools.count()
         self._delay_wake = threading.Condition()
-        self.watch = KernelWatch(r.connection_pool)
+        self.watch = KernelWatch(getattr(r, "connection_pool", None))  # (none: a cluster)
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []

@@ -151,8 +151,8 @@ class StepRunner:
         self.committer.settle(run)  # @key inputs must see the previous step's effects
         run.asked = True
         rc = self.access.client()
-        invocation = self.store.prepare(call.name, refs, known, self._sha1_of(call.name))
-        prep = self.access.retrying(lambda: invocation.run(rc))
+        sha1 = self._sha1_of(call.name)
+        prep = self.access.retrying(lambda: self.store.load(call.name, refs, known, sha1, rc))
         try:
             kernel = self.loader.resolve(call.name, prep.text(0), prep.values[1])
         except KernelNotFound as exc:

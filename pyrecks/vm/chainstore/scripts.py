@@ -134,17 +134,32 @@ else
   out[2] = t; out[3] = ''
 end
 for i = 2, #KEYS do
-  local k = KEYS[i]
+  READ_KEY
+end
+return out
+"""
+
+# KEYS: the keys to read (on a cluster, the ``@key`` arguments of one slot: PREPARE reads
+# only those in its kernel's slot).  ARGV: none.
+# Reply: {'ok', {type, data} per key}, as PREPARE gives them.
+READ = """
+local out = {'ok'}
+for i = 1, #KEYS do
+  READ_KEY
+end
+return out
+"""
+
+_READ_KEY = """local k = KEYS[i]
   local kt = redis.call('TYPE', k)['ok']
   if kt == 'string' then out[#out + 1] = {kt, redis.call('GET', k)}
   elseif kt == 'hash' then out[#out + 1] = {kt, redis.call('HGETALL', k)}
   elseif kt == 'list' then out[#out + 1] = {kt, redis.call('LRANGE', k, 0, -1)}
   elseif kt == 'set' then out[#out + 1] = {kt, redis.call('SMEMBERS', k)}
   elseif kt == 'zset' then out[#out + 1] = {kt, redis.call('ZRANGE', k, 0, -1, 'WITHSCORES')}
-  else out[#out + 1] = {kt, ''} end
-end
-return out
-"""
+  else out[#out + 1] = {kt, ''} end"""
+PREPARE = PREPARE.replace("READ_KEY", _READ_KEY)
+READ = READ.replace("READ_KEY", _READ_KEY)
 
 # Shared fence: the caller must own the chain at the step it read.
 _FENCE = """
@@ -193,7 +208,70 @@ def _lua_key_types() -> str:
     return f"local KEY_TYPES = {{{pairs}}}\n"
 
 
-# KEYS: chain, log, kernels set, end stream, results, resume stream (the committing VM's
+_EFFECT_CHECK = (
+    _lua_key_types()
+    + _lua_looks_like_kernel()
+    + """
+local function kernel_name(key, kprefix)
+  -- The kernel a key would hold (nil: not a kernel key), by the store's key rule.
+  if string.sub(key, 1, string.len(kprefix)) ~= kprefix then return nil end
+  return string.sub(key, string.len(kprefix) + 1)
+end
+local function effect_problem(e, key, prefix, kprefix, kernels)
+  -- Why effect e (on key) may not be applied, or nil.  kernels: the kernels set, if the
+  -- script can see it (not on a cluster, where it lives in another slot: there the key's
+  -- own content tells a kernel record, compiled or seed-style).
+  local cmd = e[1]
+  if string.sub(key, 1, string.len(prefix)) == prefix then
+    return cmd .. ' ' .. key .. ': keys starting with "' .. prefix ..
+           '" belong to pyrecks and cannot be written by effects'
+  end
+  if kernels and redis.call('SISMEMBER', kernels, key) == 1 then
+    return cmd .. ' ' .. key .. ': "' .. key .. '" is a kernel record; ' ..
+           'kernels change only through pyrecksc compile'
+  end
+  local t = redis.call('TYPE', key)['ok']
+  local want = KEY_TYPES[cmd]
+  local name = kernel_name(key, kprefix)
+  if t == 'hash' and redis.call('HEXISTS', key, 'source') == 1 and (
+      redis.call('HEXISTS', key, 'digest') == 1
+      or (name and looks_like_kernel(redis.call('HGET', key, 'source'), name))) then
+    return cmd .. ' ' .. key .. ': "' .. key .. '" is a kernel record; ' ..
+           'kernels change only through pyrecksc compile'
+  end
+  if t ~= 'none' and want ~= 'any' and t ~= want then
+    return cmd .. ' ' .. key .. ': the key holds a ' .. t .. ' but ' .. cmd .. ' needs a ' .. want
+  end
+  if name then
+    -- Effects may not create what the VM would take for a kernel either.
+    local made = nil
+    if cmd == 'SET' then made = e[3] end
+    if cmd == 'HSET' then
+      for i = 3, #e - 1, 2 do if e[i] == 'source' then made = e[i + 1] end end
+    end
+    if made and looks_like_kernel(made, name) then
+      return cmd .. ' ' .. key .. ': the value is the source of a kernel ' ..
+             'named "' .. name .. '"; kernels are stored only through pyrecksc compile'
+    end
+  end
+  if t == 'string' then
+    local value = redis.call('GET', key)
+    if name and looks_like_kernel(value, name) then
+      return cmd .. ' ' .. key .. ': "' .. key .. '" holds the source of a ' ..
+             'kernel stored as a plain string (the seed way); ' ..
+             'kernels change only through pyrecksc compile'
+    end
+    if (cmd == 'INCRBY' or cmd == 'INCRBYFLOAT') and tonumber(value) == nil then
+      return cmd .. ' ' .. key .. ': the key does not hold a number'
+    end
+  end
+  return nil
+end
+"""
+)
+
+# KEYS: chain, log, kernels set (on a cluster: the shard's outbox), end stream, results,
+# resume stream (the committing VM's
 # pinned stream for a chain pinned to it: its branches and join stay with it), then the keys
 # the payload refers to by index (parent chain and results, branch chains, effect keys).
 # A fan-out's branches inherit the chain's PIN.
@@ -206,67 +284,22 @@ def _lua_key_types() -> str:
 COMMIT = (
     _FENCE
     + "local maxlog, retention = ARGV[3], ARGV[4]\n"
-    + _lua_key_types()
-    + _lua_looks_like_kernel()
+    + _EFFECT_CHECK
     + _EXPIRE_FINISHED
     + """
 local prefix, kprefix = ARGV[2], ARGV[5]
-local function kernel_name(key)
-  -- The kernel a key would hold (nil: not a kernel key), by the store's key rule.
-  if string.sub(key, 1, string.len(kprefix)) ~= kprefix then return nil end
-  return string.sub(key, string.len(kprefix) + 1)
-end
 for _, e in ipairs(p.effects) do
-  local cmd, key = e[1], KEYS[tonumber(e[2])]
-  if string.sub(key, 1, string.len(prefix)) == prefix then
-    return {'rejected', cmd .. ' ' .. key .. ': keys starting with "' .. prefix ..
-            '" belong to pyrecks and cannot be written by effects'}
-  end
-  if redis.call('SISMEMBER', KEYS[3], key) == 1 then
-    return {'rejected', cmd .. ' ' .. key .. ': "' .. key .. '" is a kernel record; ' ..
-            'kernels change only through pyrecksc compile'}
-  end
-  local t = redis.call('TYPE', key)['ok']
-  local want = KEY_TYPES[cmd]
-  local name = kernel_name(key)
-  if t == 'hash' and redis.call('HEXISTS', key, 'source') == 1 and (
-      redis.call('HEXISTS', key, 'digest') == 1
-      or (name and looks_like_kernel(redis.call('HGET', key, 'source'), name))) then
-    return {'rejected', cmd .. ' ' .. key .. ': "' .. key .. '" is a kernel record; ' ..
-            'kernels change only through pyrecksc compile'}
-  end
-  if t ~= 'none' and want ~= 'any' and t ~= want then
-    return {'rejected', cmd .. ' ' .. key .. ': the key holds a ' .. t ..
-            ' but ' .. cmd .. ' needs a ' .. want}
-  end
-  if name then
-    -- Effects may not create what the VM would take for a kernel either.
-    local made = nil
-    if cmd == 'SET' then made = e[3] end
-    if cmd == 'HSET' then
-      for i = 3, #e - 1, 2 do if e[i] == 'source' then made = e[i + 1] end end
-    end
-    if made and looks_like_kernel(made, name) then
-      return {'rejected', cmd .. ' ' .. key .. ': the value is the source of a kernel ' ..
-              'named "' .. name .. '"; kernels are stored only through pyrecksc compile'}
-    end
-  end
-  if t == 'string' then
-    local value = redis.call('GET', key)
-    if name and looks_like_kernel(value, name) then
-      return {'rejected', cmd .. ' ' .. key .. ': "' .. key .. '" holds the source of a ' ..
-              'kernel stored as a plain string (the seed way); ' ..
-              'kernels change only through pyrecksc compile'}
-    end
-    if (cmd == 'INCRBY' or cmd == 'INCRBYFLOAT') and tonumber(value) == nil then
-      return {'rejected', cmd .. ' ' .. key .. ': the key does not hold a number'}
-    end
-  end
+  local why = effect_problem(e, KEYS[tonumber(e[2])], prefix, kprefix, KEYS[3])
+  if why then return {'rejected', why} end
 end
 for _, e in ipairs(p.effects) do
   redis.call(e[1], KEYS[tonumber(e[2])], unpack(e, 3))
 end
 if #p.fields > 0 then redis.call('HSET', chain, unpack(p.fields)) end
+if p.owed then
+  redis.call('HSET', chain, 'owed', p.owed.effects, 'owed_step', p.owed.step)
+  redis.call('SADD', KEYS[3], p.owed.id)
+end
 """
     + _LOG
     + """
@@ -478,4 +511,45 @@ local held = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[4], ARGV[4], 1, ARGV
 if type(held) ~= 'table' or #held == 0 then return {'ok', 0} end
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[4], 'JUSTID')
 return {'ok', 1}
+"""
+
+# KEYS: the marker of this delivery (``Keyspace.applied`` of the first key + chain:step: it
+# hashes to the keys' slot), then the effect keys of one slot.
+# ARGV: msgpack effects (each key as its index in KEYS), mode ("check": only say whether they
+# may apply; "apply"), the internal key prefix, the kernel prefix, the marker's lifetime (s).
+# The outbox's delivery on a cluster (pyrecks/vm/outbox.py): applies a committed step's
+# effects on the keys of one slot, all or none, at most once — the marker says they were.
+# The same checks as COMMIT's (but for the kernels set, which lives in another slot).
+# Reply: {'ok'}, {'applied'} (already, by this or another VM) or {'rejected', reason}.
+APPLY = (
+    _EFFECT_CHECK
+    + """
+local mode = ARGV[2]
+if mode == 'apply' and redis.call('EXISTS', KEYS[1]) == 1 then return {'applied'} end
+local effects = cmsgpack.unpack(ARGV[1])
+for _, e in ipairs(effects) do
+  local why = effect_problem(e, KEYS[tonumber(e[2])], ARGV[3], ARGV[4], nil)
+  if why then
+    if mode == 'apply' then redis.call('SET', KEYS[1], 'rejected', 'EX', ARGV[5]) end
+    return {'rejected', why}
+  end
+end
+if mode ~= 'apply' then return {'ok'} end
+for _, e in ipairs(effects) do
+  redis.call(e[1], KEYS[tonumber(e[2])], unpack(e, 3))
+end
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[5])
+return {'ok'}
+"""
+)
+
+# KEYS: chain, its shard's outbox.  ARGV: chain id, the step whose effects were delivered.
+# The outbox entry of a delivered step goes (not a later step's: fenced on owed_step).
+# Reply: {'ok'}.
+DELIVERED = """
+if redis.call('HGET', KEYS[1], 'owed_step') == ARGV[2] then
+  redis.call('HDEL', KEYS[1], 'owed', 'owed_step')
+end
+if redis.call('HEXISTS', KEYS[1], 'owed') == 0 then redis.call('SREM', KEYS[2], ARGV[1]) end
+return {'ok'}
 """
