@@ -1,0 +1,218 @@
+"""pyrecks on a real Redis Cluster: 3 masters and 3 replicas that the fixture starts itself.
+
+Every chain's kernel adds to counters whose keys spread over every master (so every step's
+effects go through the outbox, see pyrecks/vm/outbox.py); whatever happens — a VM killed,
+a slot moved, a master killed and its replica promoted — each chain must end and each
+counter must equal exactly its expected value.  Then every CLI command, against the URL of
+one node.  The tests share one cluster (forming it is the slow part); the failover test goes
+last because it changes the topology.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from pyrecks.api import Pyrecks, connect
+from pyrecks.testing.cluster import RedisClusterServer
+from pyrecks.vm.records import ChainStatus
+from tests.processes import VMProcess
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+STEPS = 6
+TICK = """
+import time
+def tick(p: str, i: int, left: int):
+    time.sleep(0.002)
+    if left == 0:
+        return 'return %d' % i
+    return 'tick("%s", %d, %d) INCRBY [("%s:c:%d", 1), ("%s:total", 1)]' % (
+        p, i, left - 1, p, i, p)
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisClusterServer]:
+    with RedisClusterServer(masters=3, replicas=1) as formed:
+        yield formed
+
+
+@pytest.fixture(scope="module")
+def px(cluster: RedisClusterServer) -> Pyrecks:
+    handle = connect(cluster.url)
+    handle.r.set("tick", textwrap.dedent(TICK).lstrip("\n"))  # the seed's way: a plain SET
+    return handle
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout}s"
+        time.sleep(0.02)
+
+
+def _start(px: Pyrecks, prefix: str, chains: int, steps: int = STEPS) -> list[str]:
+    return [px.start(f'tick("{prefix}", {i}, {steps})') for i in range(chains)]
+
+
+def _progress_past(px: Pyrecks, chain: str, step: int) -> None:
+    _wait_until(lambda: px.status(chain).step >= step, 60, f"{chain} reaching step {step}")
+
+
+def _unfinished(px: Pyrecks, chains: list[str]) -> int:
+    return sum(not px.status(c).status.finished for c in chains)
+
+
+def _check_exact(px: Pyrecks, prefix: str, chains: list[str], steps: int = STEPS) -> None:
+    infos = [px.wait(c, timeout=60) for c in chains]
+    assert [i.status for i in infos] == [ChainStatus.DONE] * len(chains)
+    assert [px.result(c) for c in chains] == list(range(len(chains)))
+    counts = [px.r.get(f"{prefix}:c:{i}") for i in range(len(chains))]
+    assert [int(c or 0) for c in counts] == [steps] * len(chains)
+    assert int(px.r.get(f"{prefix}:total") or 0) == steps * len(chains)
+    # Every owed effect was delivered: no outbox entry is left behind.
+    for shard in px.keyspace.every_shard():
+        assert px.r.scard(shard.outbox) == 0
+
+
+def test_effects_on_every_master_apply_exactly_once(
+    cluster: RedisClusterServer, px: Pyrecks
+) -> None:
+    assert isinstance(px.r, redis.RedisCluster) and px.keyspace.sharded
+    chains = _start(px, "spread", 24)
+    with px.local_vm(echo=False, isolation="thread", threads=8):
+        _check_exact(px, "spread", chains)
+        # A raw XADD to any shard's starts stream starts a chain (no pyrecks client).
+        last = px.keyspace.for_shard(px.keyspace.shards - 1)
+        px.r.xadd(last.starts, {"call": 'tick("raw", 7, 2)', "id": "raw-start"})
+        _wait_until(lambda: px.r.exists(px.keyspace.chain("raw-start")), 30, "the raw start")
+        assert px.wait("raw-start", timeout=30).status is ChainStatus.DONE
+    assert int(px.r.get("raw:c:7") or 0) == 2
+    masters = {cluster.node_for_slot(px.r.keyslot(f"spread:c:{i}")).port for i in range(24)}
+    assert masters == {m.port for m in cluster.masters_now()}
+
+
+def test_a_doomed_effect_fails_the_step_before_any_effect_applies(px: Pyrecks) -> None:
+    px.r.hset("doomed:h", "f", "v")  # INCRBY on a hash cannot apply
+    px.r.set(
+        "doomed",
+        "def doomed():\n    return 'INCRBY [(\"doomed:ok\", 1), (\"doomed:h\", 1)]'\n",
+    )
+    chain = px.start("doomed")
+    with px.local_vm(echo=False, isolation="thread", threads=2):
+        info = px.wait(chain, timeout=30)
+    assert info.status is ChainStatus.FAILED and info.error_kind == "effect"
+    assert "doomed:h" in (info.error or "")
+    assert px.r.get("doomed:ok") is None  # checked in every slot before the commit
+
+
+def test_a_killed_vm_process_loses_no_chain_and_applies_effects_once(
+    cluster: RedisClusterServer, px: Pyrecks
+) -> None:
+    chains = _start(px, "kill", 40, steps=10)
+    extra = ("--isolation", "thread")
+    a = VMProcess(cluster.url, "cl-a", threads=4, lease=1.0, extra=extra)
+    b = VMProcess(cluster.url, "cl-b", threads=4, lease=1.0, extra=extra)
+    try:
+        _wait_until(lambda: any(v.alive for v in px.vms() if v.name == "cl-a"), 30, "cl-a up")
+        _progress_past(px, chains[0], 2)
+        a.kill()  # mid-run: its chains are taken over after its lease
+        assert _unfinished(px, chains) > 0
+        _check_exact(px, "kill", chains, steps=10)
+    finally:
+        a.kill()
+        b.kill()
+
+
+def test_a_slot_migrated_while_chains_run(cluster: RedisClusterServer, px: Pyrecks) -> None:
+    chains = _start(px, "move", 32, steps=20)
+    with px.local_vm(echo=False, isolation="thread", threads=4):
+        _progress_past(px, chains[0], 1)
+        # The slot of the first chain's shard (its record, log, streams) and of a counter.
+        shard_key = px.keyspace.chain(chains[0])
+        for key in (shard_key, "move:total"):
+            slot = px.r.keyslot(key)
+            source = cluster.node_for_slot(slot)
+            target = next(m for m in cluster.masters_now() if m is not source)
+            cluster.migrate_slot(slot, target)
+            assert cluster.node_for_slot(slot) is target
+        assert _unfinished(px, chains) > 0  # the slots moved under running chains
+        _check_exact(px, "move", chains, steps=20)
+
+
+def _pyrecks(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pyrecks", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "REDIS_URL": url},
+        cwd=ROOT,
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def cli_chains(px: Pyrecks) -> dict[str, str]:
+    """A done chain and a failed one (the cancel case starts its queued chain itself)."""
+    px.r.set("boom", "def boom():\n    return 1 // 0\n")
+    done, failed = px.start('tick("cli", 0, 2)'), px.start("boom")
+    with px.local_vm(echo=False, isolation="thread", threads=2):
+        px.wait(done, timeout=30)
+        px.wait(failed, timeout=30)
+    return {"done": done, "failed": failed, "queued": ""}
+
+
+CLI_CASES: list[tuple[tuple[str, ...], str]] = [
+    (("run", "--local", "--wait", 'tick("cli", 2, 1)'), ""),
+    (("status", "{done}"), "done"),
+    (("ls", "--limit", "500"), "{done}"),
+    (("logs", "{done}"), "->"),
+    (("tree", "{done}"), "tick"),
+    (("vms",), ""),
+    (("cancel", "{queued}"), ""),
+    (("retry", "{failed}"), ""),
+]
+
+
+@pytest.mark.parametrize(("args", "shows"), CLI_CASES, ids=[c[0][0] for c in CLI_CASES])
+def test_every_cli_command_works_against_a_cluster_node(
+    cluster: RedisClusterServer,
+    px: Pyrecks,
+    cli_chains: dict[str, str],
+    args: tuple[str, ...],
+    shows: str,
+) -> None:
+    if args[0] == "cancel":  # queued now: the VM of "run --local" would have run it
+        cli_chains["queued"] = px.start('tick("cli", 1, 1)')
+    result = _pyrecks(cluster.url, *(a.format(**cli_chains) for a in args))
+    assert result.returncode == 0, result.stderr
+    assert shows.format(**cli_chains) in result.stdout
+    if args[0] == "cancel":
+        assert px.status(cli_chains["queued"]).status is ChainStatus.CANCELLED
+    if args[0] == "retry":
+        assert px.status(cli_chains["failed"]).status is ChainStatus.QUEUED
+    if args[0] == "run":
+        assert int(px.r.get("cli:c:2") or 0) == 1
+
+
+def test_a_master_killed_and_its_replica_promoted(
+    cluster: RedisClusterServer, px: Pyrecks
+) -> None:
+    chains = _start(px, "failover", 32, steps=20)
+    with px.local_vm(echo=False, isolation="thread", threads=4):
+        _progress_past(px, chains[0], 1)
+        victim = cluster.node_for_slot(px.r.keyslot(px.keyspace.chain(chains[0])))
+        promoted = cluster.kill_master_and_wait_for_failover(victim)
+        assert cluster.node_for_slot(px.r.keyslot(px.keyspace.chain(chains[0]))) is promoted
+        assert _unfinished(px, chains) > 0  # the master died under running chains
+        _check_exact(px, "failover", chains, steps=20)
