@@ -102,6 +102,38 @@ def test_effects_on_every_master_apply_exactly_once(
     assert masters == {m.port for m in cluster.masters_now()}
 
 
+FAN = {
+    "fan": """
+def fan(p: str):
+    branches = ", ".join('br(%d, "@%s:seed")' % (i, p) for i in range(3))
+    return '[%s] -> total("@%s:b") SET [("%s:seed", 5)]' % (branches, p, p)
+""",
+    "br": """
+def br(i: int, seed: int):
+    return 'return %d INCRBY [("fan:b", 1)]' % (seed + i)
+""",
+    "total": """
+def total(results: list[int], b: int):
+    return 'return %d' % (sum(results) + 100 * b)
+""",
+}
+
+
+def test_a_steps_remote_effects_land_before_every_step_after_it(px: Pyrecks) -> None:
+    """The fan-out step's SET before the branches read it, the branches' INCRBYs before
+    the join reads them, the last step's effects before wait() returns."""
+    for name, source in FAN.items():
+        px.store_kernel(name, source.lstrip("\n"))
+    chains = [px.start('fan("fan")') for _ in range(4)]
+    with px.local_vm(echo=False, isolation="thread", threads=8):
+        infos = [px.wait(c, timeout=30) for c in chains]
+        assert [i.status for i in infos] == [ChainStatus.DONE] * 4
+        # Each join saw its own three branches' effects, and every earlier chain's.
+        results = sorted(px.result(c) for c in chains)
+        assert all(r >= 5 + 6 + 7 + 300 for r in results)
+        assert int(px.r.get("fan:b") or 0) == 12
+
+
 def test_a_doomed_effect_fails_the_step_before_any_effect_applies(px: Pyrecks) -> None:
     px.r.hset("doomed:h", "f", "v")  # INCRBY on a hash cannot apply
     px.r.set(

@@ -131,9 +131,15 @@ class Committer:
             pin=pin,
         )
         if self.outbox is not None:
-            # What a VM that died after its commit still owed lands before our next step.
+            # What a VM that died after its commit still owed lands before our next step:
+            # the chain's own last step, the fan-out step that queued this branch, the last
+            # steps of the branches this join follows.
+            owing = [chain_id, *([parent] if parent else [])]
+            if join_text:
+                owing += [f"{chain_id}.{text(index)}" for index, _value in results]
             try:
-                self.outbox.flush(chain_id)
+                for owner_id in owing:
+                    self.outbox.flush(owner_id)
             except BaseException:
                 self.roster.done(chain_id)
                 raise

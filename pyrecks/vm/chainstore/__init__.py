@@ -380,9 +380,8 @@ class ChainStore:
     def delivered(self, chain_id: str, step: str) -> Invocation:
         """Step ``step``'s owed effects are applied: its outbox entry goes."""
         ks = self.keyspace
-        return Invocation(
-            self._delivered, [ks.chain(chain_id), ks.for_chain(chain_id).outbox], [chain_id, step]
-        )
+        keys = [ks.chain(chain_id), ks.for_chain(chain_id).outbox, ks.ended(chain_id)]
+        return Invocation(self._delivered, keys, [chain_id, step])
 
     def commit(self, chain_id: str, commit: Commit, *, pinned_to: str = "") -> Invocation:
         """``pinned_to``: the committing VM, if the chain is pinned to it (its branches and

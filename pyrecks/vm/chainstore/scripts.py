@@ -543,13 +543,21 @@ return {'ok'}
 """
 )
 
-# KEYS: chain, its shard's outbox.  ARGV: chain id, the step whose effects were delivered.
-# The outbox entry of a delivered step goes (not a later step's: fenced on owed_step).
+# KEYS: chain, its shard's outbox, its end stream.  ARGV: chain id, the step whose effects
+# were delivered.
+# The outbox entry of a delivered step goes (not a later step's: fenced on owed_step).  A
+# chain that has ended gets a second entry on its end stream: waiters (Pyrecks.wait) return
+# only once its last step's effects have landed.
 # Reply: {'ok'}.
 DELIVERED = """
 if redis.call('HGET', KEYS[1], 'owed_step') == ARGV[2] then
   redis.call('HDEL', KEYS[1], 'owed', 'owed_step')
+  local st = redis.call('HGET', KEYS[1], 'status')
+  if st == 'done' or st == 'failed' or st == 'cancelled' then
+    redis.call('XADD', KEYS[3], 'MAXLEN', '1', '*', 'status', st)
+    redis.call('EXPIRE', KEYS[3], END_TTL)
+  end
 end
 if redis.call('HEXISTS', KEYS[1], 'owed') == 0 then redis.call('SREM', KEYS[2], ARGV[1]) end
 return {'ok'}
-"""
+""".replace("END_TTL", str(END_TTL))
