@@ -248,3 +248,17 @@ def test_a_master_killed_and_its_replica_promoted(
         assert cluster.node_for_slot(px.r.keyslot(px.keyspace.chain(chains[0]))) is promoted
         assert _unfinished(px, chains) > 0  # the master died under running chains
         _check_exact(px, "failover", chains, steps=20)
+
+
+def test_quick_chaos_soak_on_a_cluster_with_every_fault_kind() -> None:
+    """bench/chaos.py's mixed phase on a cluster of its own: VMs killed and stopped past
+    their lease, SCRIPT FLUSH storms, masters killed and failed over, all at once."""
+    from bench.chaos import Options, Phase, format_notes, format_table
+
+    opts = Options(vms=2, chains=60, duration=8.0, interval=1.5, lease=1.0, threads=4,
+                   recovery=20.0, verbose=False, cluster=True)
+    row = Phase("mixed", opts, seed=13).run()
+    report = f"\n{format_table([row])}\n{format_notes([row])}"
+    assert row.count > 0 and row.chains == opts.chains, report
+    assert (row.lost, row.duplicated, row.failed, row.stuck) == (0, 0, 0, 0), report
+    assert row.starts_lost == 0 and row.vm_errors == 0, report
