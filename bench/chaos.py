@@ -87,7 +87,6 @@ import redis
 
 from pyrecks.api import Pyrecks
 from pyrecks.cluster import adapt
-from pyrecks.errors import PyrecksError
 from pyrecks.keys import Keyspace
 from pyrecks.testing.cluster import RedisClusterServer
 from pyrecks.testing.server import RedisServer
@@ -572,21 +571,34 @@ class Phase:
 
     def _failover(self) -> None:
         """kill -9 a master whose replica is in sync, wait for the promotion, start the
-        killed node again (it rejoins as the new master's replica)."""
-        assert self.cluster is not None
-        masters = self.cluster.masters_now()
-        self.rng.shuffle(masters)
-        for master in masters:
-            try:
-                promoted = self.cluster.kill_master_and_wait_for_failover(master)
-            except PyrecksError as exc:  # no replica to promote (yet): try another
-                self.say(f"failover of {master.port} not possible: {exc}")
-                continue
-            master.server.start()
-            self.say(f"kill -9 master {master.port}, replica {promoted.port} promoted; "
-                     f"{master.port} restarted")
+        killed node again and wait until it has synced as the new master's replica (a
+        replica that never finished its sync refuses to stand in the next failover)."""
+        cluster = self.cluster
+        assert cluster is not None
+        candidates = [
+            m for m in cluster.masters_now()
+            if any(self._replica_of(n, m) and cluster._synced(n) for n in cluster.live_nodes())
+        ]
+        if not candidates:
+            self.say("no master has a replica in sync: no failover this time")
             return
-        raise RuntimeError("no master could be failed over")
+        master = self.rng.choice(candidates)
+        try:
+            promoted = cluster.kill_master_and_wait_for_failover(master)
+        finally:
+            master.server.start()
+        deadline = time.monotonic() + 60
+        while not cluster._synced(master) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the restarted node's sync has no event to wait on
+        self.say(f"kill -9 master {master.port}, replica {promoted.port} promoted; "
+                 f"{master.port} restarted as its replica")
+
+    def _replica_of(self, node: Any, master: Any) -> bool:
+        assert self.cluster is not None
+        with contextlib.suppress(*_DOWN):
+            role = node.client().execute_command("ROLE")
+            return bool(role) and _s(role[0]) == "slave" and int(role[2]) == master.port
+        return False
 
     def _note_fsync(self) -> None:
         """Log whether everysec fsyncs were late (Redis then postpones writes, and replies)."""

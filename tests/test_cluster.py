@@ -237,6 +237,20 @@ def test_every_cli_command_works_against_a_cluster_node(
         assert int(px.r.get("cli:c:2") or 0) == 1
 
 
+def test_the_web_views_chain_list_reads_every_shard(
+    px: Pyrecks, cli_chains: dict[str, str]
+) -> None:
+    from pyrecks.ui import queries
+
+    page = queries.list_chains(px, per_page=500)
+    ids = [c.id for c in page.chains]
+    assert cli_chains["done"] in ids and "raw-start" in ids
+    shards = {px.keyspace.shard_of(i) for i in ids}
+    assert len(shards) > 1  # the list merges the indexes of several shards …
+    created = [c.created for c in page.chains]
+    assert created == sorted(created, reverse=True)  # … newest first
+
+
 def test_a_master_killed_and_its_replica_promoted(
     cluster: RedisClusterServer, px: Pyrecks
 ) -> None:
