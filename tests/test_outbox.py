@@ -83,3 +83,14 @@ def test_delivered_clears_only_the_step_it_names_and_wakes_waiters_at_the_end(
 def test_effects_are_grouped_by_slot_in_first_seen_order() -> None:
     effects = [[b"SET", b"{a}1", b"x"], [b"SET", b"b", b"y"], [b"SET", b"{a}2", b"z"]]
     assert by_slot(effects) == [[effects[0], effects[2]], [effects[1]]]
+
+
+def test_the_next_commit_clears_a_delivered_step(r: redis.Redis) -> None:
+    store = ChainStore(r, KS)
+    _running(store, r, "c5")
+    owing = Commit(Fence("vm", "1", "0"), NOW, ["step", "1"], [], [[b"SET", b"k5", b"1"]])
+    assert store.commit("c5", owing).run().ok
+    pure = Commit(Fence("vm", "1", "1"), NOW, ["step", "2"], [], delivered="1")
+    assert store.commit("c5", pure).run().ok
+    assert not r.hexists(KS.chain("c5"), "owed")
+    assert r.smembers(KS.for_chain("c5").outbox) == set()

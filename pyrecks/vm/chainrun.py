@@ -100,6 +100,9 @@ class ChainRun:
     #: Set when we lost the chain and Redis has it queued: our entries are handed back to
     #: the queue when it leaves (no other entry may name it; see Committer.lost).
     requeue: bool = False
+    #: Cluster only: the step whose owed effects we delivered but whose outbox entry is
+    #: still there; the chain's next commit clears it (saving DELIVERED's round trip).
+    delivered_step: str | None = None
     #: The VM the chain is pinned to ('' if none; see PIN in chainstore/scripts.py).
     pin: str = ""
 

@@ -338,7 +338,7 @@ class Committer:
         fields: list[str] = ["step", str(step), "kernel", kernel, "updated", at]
         if run.clear_join:
             fields += ["join", ""]
-        commit = Commit(self.fence(run), at, fields, logs, effects)
+        commit = Commit(self.fence(run), at, fields, logs, effects, delivered=run.delivered_step)
         if isinstance(then, Call):
             rendered = render_call(then)
             fields += ["call", rendered]
@@ -374,8 +374,13 @@ class Committer:
                 run.pending_logs = [*run.pending_logs, *printed]
             self._refused(run, reply)
         self._advance(run, step, then)
+        run.delivered_step = None  # (this commit cleared it)
         if self.outbox is not None and effects:
-            self.outbox.deliver(run.id, str(step), effects)
+            # A chain that goes on clears the entry with its next commit; one that ended or
+            # waits for its branches clears it now (waiters wait for it).
+            goes_on = isinstance(then, Call)
+            self.outbox.deliver(run.id, str(step), effects, clear=not goes_on)
+            run.delivered_step = str(step) if goes_on else None
 
     @staticmethod
     def _advance(run: ChainRun, step: int, then: Any) -> None:
@@ -400,9 +405,11 @@ class Committer:
             at,
             ["step", str(run.step), "call", render_call(run.call), "updated", at],
             run.pending_logs,
+            delivered=run.delivered_step,
         )
         if not self.run_fenced(self.store.commit(run.id, commit), run).ok:
             raise Lost()
+        run.delivered_step = None
         run.committed_step = run.step
         run.pending_logs = []
 

@@ -9,6 +9,10 @@ in the same slot); a marker present means "already applied", so a second deliver
 same VM after a lost reply, or by another VM recovering the entry — changes nothing.  Once
 every slot is done, DELIVERED clears the outbox entry.
 
+(A chain that goes on to another step leaves the entry for its next commit to clear — one
+round trip less per step; until then another VM may find it and deliver it again, which
+changes nothing.)
+
 Who delivers: the committing VM, right after the commit and before the chain's next step
 (so a step's effects land before the next step's, and an ``@key`` read by the next step sees
 them).  A VM that died between commit and delivery leaves the entry behind: the VM that
@@ -79,8 +83,11 @@ class Outbox:
             if reply.status == "rejected":
                 raise EffectRejected(f"effect refused: {reply.text(0)}")
 
-    def deliver(self, chain_id: str, step: str, effects: list[list[bytes]]) -> None:
-        """Apply step ``step``'s owed effects slot by slot (idempotent), then clear them."""
+    def deliver(
+        self, chain_id: str, step: str, effects: list[list[bytes]], *, clear: bool = True
+    ) -> None:
+        """Apply step ``step``'s owed effects slot by slot (idempotent), then clear them
+        (``clear``; else the chain's next commit does: see Commit.delivered)."""
         for group in by_slot(effects):
             invocation = self.store.apply(self.marker(chain_id, step, group), group, "apply")
             reply = self._run(invocation)
@@ -92,7 +99,8 @@ class Outbox:
                 )
                 self.refused.append(why)
                 self.access.say(why, chain=chain_id)
-        self._run(self.store.delivered(chain_id, step))
+        if clear:
+            self._run(self.store.delivered(chain_id, step))
 
     def _run(self, invocation: Invocation) -> Reply:
         return self.access.retrying(lambda: invocation.run(self.access.client()))

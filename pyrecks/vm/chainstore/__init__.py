@@ -199,6 +199,9 @@ class Commit:
     done: str | None = None
     branch_of: BranchOf | None = None
     trace: str | None = None
+    #: Cluster only: a step whose owed effects were delivered; its outbox entry goes with
+    #: this commit (unless this commit owes effects itself, which replaces it anyway).
+    delivered: str | None = None
 
 
 @dataclass
@@ -410,6 +413,8 @@ class ChainStore:
             payload["owed"] = {"id": chain_id, "step": step, "effects": owed}
         else:
             payload["effects"] = [[e[0], keys.ref(_s(e[1])), *e[2:]] for e in commit.effects]
+        if ks.sharded and commit.delivered is not None:
+            payload["delivered"] = {"id": chain_id, "step": commit.delivered}
         if commit.fanout is not None:
             payload["id"] = chain_id
             payload["fanout"] = [

@@ -279,7 +279,9 @@ end
 # retention of finished chains, the kernel prefix.  What is the same for every commit
 # travels as plain arguments, not in the payload, so Redis does not decode it each step.
 # A fan-out's payload may carry ``trace`` (the fan-out step's traceparent): it becomes the
-# branches' TRACE and the chain's TRACE_JOIN.
+# branches' TRACE and the chain's TRACE_JOIN.  On a cluster, ``owed`` (the effects this step
+# owes, see APPLY) is recorded in the record and the chain listed in the outbox (KEYS[3]);
+# ``delivered`` (a step whose owed effects were delivered) clears its outbox entry.
 # Reply: {'ok'}, {'fenced', status} or {'rejected', reason}.
 COMMIT = (
     _FENCE
@@ -299,6 +301,9 @@ if #p.fields > 0 then redis.call('HSET', chain, unpack(p.fields)) end
 if p.owed then
   redis.call('HSET', chain, 'owed', p.owed.effects, 'owed_step', p.owed.step)
   redis.call('SADD', KEYS[3], p.owed.id)
+elseif p.delivered and redis.call('HGET', chain, 'owed_step') == p.delivered.step then
+  redis.call('HDEL', chain, 'owed', 'owed_step')
+  redis.call('SREM', KEYS[3], p.delivered.id)
 end
 """
     + _LOG
