@@ -81,7 +81,7 @@ def adapt(r: Any, keyspace: Keyspace) -> Keyspace:
 
 def for_cluster(config: VMConfig) -> VMConfig:
     """A VM's knobs on a cluster: no commit pipelining (it sends on this thread's single
-    connection, and a cluster has one per node) and no kernel tracking (invalidations come
-    per node; the VM checks a kernel's digest at every step instead).  Group commit stays:
-    it batches per master (pyrecks/vm/groupcommit.py)."""
-    return replace(config, pipeline_below=-1, track_kernels=False)
+    connection, and a cluster has one per node).  Group commit batches per master
+    (pyrecks/vm/groupcommit.py), kernel tracking watches every master
+    (pyrecks/vm/freshness.py)."""
+    return replace(config, pipeline_below=-1)

@@ -134,6 +134,31 @@ def test_a_steps_remote_effects_land_before_every_step_after_it(px: Pyrecks) -> 
         assert int(px.r.get("fan:b") or 0) == 12
 
 
+HOT = """
+import time
+def hot(left: int):
+    time.sleep(0.005)
+    if left == 0:
+        return ''
+    return 'hot(%d) INCRBY [("hot:VERSION", 1)]' % (left - 1)
+"""
+
+
+def test_a_hot_patch_reaches_running_chains_on_a_cluster(px: Pyrecks) -> None:
+    """Kernel tracking watches every master: a new source is used from the next step."""
+    px.store_kernel("hot", HOT.replace("VERSION", "v1").lstrip("\n"))
+    chain = px.start("hot(300)")
+    with px.local_vm(echo=False, isolation="thread", threads=2) as machine:
+        _progress_past(px, chain, 3)
+        assert machine.watch.trusted(px.keyspace.kernel("hot"))  # known without asking
+        px.store_kernel("hot", HOT.replace("VERSION", "v2").lstrip("\n"))
+        patched = int(px.r.get("hot:v1") or 0)
+        assert px.wait(chain, timeout=60).status is ChainStatus.DONE
+    v1, v2 = int(px.r.get("hot:v1") or 0), int(px.r.get("hot:v2") or 0)
+    assert v1 + v2 == 300 and v2 > 0
+    assert v1 <= patched + 2  # the steps running as the patch landed, at most
+
+
 def test_a_doomed_effect_fails_the_step_before_any_effect_applies(px: Pyrecks) -> None:
     px.r.hset("doomed:h", "f", "v")  # INCRBY on a hash cannot apply
     px.r.set(

@@ -73,7 +73,7 @@ from pyrecks.vm.config import ISOLATION_MODES, VMConfig, default_vm_name
 from pyrecks.vm.consumer import StreamConsumer
 from pyrecks.vm.executors import KernelExecutor, ThreadExecutor
 from pyrecks.vm.failures import RETRYABLE, StepFailure, internal_failure
-from pyrecks.vm.freshness import KernelWatch
+from pyrecks.vm.freshness import ClusterKernelWatch, KernelWatch
 from pyrecks.vm.loader import KernelLoader
 from pyrecks.vm.registry import holder_of
 from pyrecks.vm.sandbox import Sandbox
@@ -121,7 +121,9 @@ class VM:
         self._delayed: list[tuple[float, int, ChainRun]] = []
         self._delay_order = itertools.count()
         self._delay_wake = threading.Condition()
-        self.watch = KernelWatch(getattr(r, "connection_pool", None))  # (none: a cluster)
+        self.watch: KernelWatch | ClusterKernelWatch = (
+            ClusterKernelWatch(r) if self.keyspace.sharded else KernelWatch(r.connection_pool)
+        )
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []

@@ -25,7 +25,7 @@ from pyrecks.vm.committer import Committer
 from pyrecks.vm.convert import ArgumentError, RedisValue, convert
 from pyrecks.vm.executors import KernelExecutor
 from pyrecks.vm.failures import StepFailure
-from pyrecks.vm.freshness import KernelWatch
+from pyrecks.vm.freshness import ClusterKernelWatch, KernelWatch
 from pyrecks.vm.loader import KernelLoader, LoadedKernel
 from pyrecks.vm.output import StepOutput
 
@@ -39,7 +39,7 @@ class StepRunner:
         access: RedisAccess,
         committer: Committer,
         loader: KernelLoader,
-        watch: KernelWatch,
+        watch: KernelWatch | ClusterKernelWatch,
         executor: Callable[[], KernelExecutor],
         policy: Callable[[], Policy],
         echo: bool,
