@@ -24,8 +24,10 @@ WAIT_KINDS = ("out", "error", "retry", "dropped")
 ENTRY_FIELDS = ("chain", "id", "kind", "step", "kernel", "text", "ts", "attempt")
 
 
-def entry_json(entry: LogEntry, chain_id: str) -> str:
-    """One log entry as one line of JSON (``chain`` is the chain whose log it is in)."""
+def entry_record(entry: LogEntry, chain_id: str) -> dict[str, Any]:
+    """One log entry's fields (:data:`ENTRY_FIELDS`, in order) for ``logs --json`` and the
+    web view's log API and live events: one shape for both, so a script reads either.
+    ``chain`` is the chain whose log holds the entry (a branch's own id for its entries)."""
     values = {
         "chain": entry.chain or chain_id,
         "id": entry.id,
@@ -36,7 +38,12 @@ def entry_json(entry: LogEntry, chain_id: str) -> str:
         "ts": entry.ts,
         "attempt": entry.attempt,
     }
-    return json.dumps({name: values[name] for name in ENTRY_FIELDS}, ensure_ascii=False)
+    return {name: values[name] for name in ENTRY_FIELDS}
+
+
+def entry_json(entry: LogEntry, chain_id: str) -> str:
+    """One log entry as one line of JSON."""
+    return json.dumps(entry_record(entry, chain_id), ensure_ascii=False)
 
 
 class EntryPrinter:
@@ -128,6 +135,8 @@ def describe(info: ChainInfo, running: RunningStep | None = None) -> str:
         lines.append(f"elapsed  {info.elapsed:.3f}s")
     if info.parent:
         lines.append(f"parent   {info.parent}")
+    if info.trace_id:  # recorded when the VM traces (--otel): find the chain in your tracer
+        lines.append(f"trace    {info.trace_id}")
     if info.status is ChainStatus.DONE and info.result:
         lines.append(f"result   {info.result}")
     if info.error:
@@ -182,6 +191,7 @@ __all__ = [
     "describe",
     "describe_running",
     "entry_json",
+    "entry_record",
     "format_entry",
     "interrupted_message",
     "no_vm_warning",

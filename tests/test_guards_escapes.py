@@ -386,6 +386,42 @@ def k():
     dataclasses.dataclass(json.JSONEncoder)
     return ''
 """, "PK404", 3, V, "dataclasses.dataclass"),
+    _e("dataclass field names become source code", """
+import dataclasses
+def k(cmd):
+    @dataclasses.dataclass(init=False, repr=False)
+    class D:
+        __annotations__ = {"__class__,int(__import__('os').popen(self.c).read())": int}
+    d = D()
+    d.c = cmd
+    return str(d == d)
+""", "PK533", 5, V, "__annotations__"),
+    _e("a class body picks the module dataclasses runs code in", """
+import dataclasses
+def k():
+    @dataclasses.dataclass
+    class D:
+        __module__ = "builtins"
+        x: int
+    return str(D(1))
+""", "PK533", 5, V, "__module__"),
+    _e("a class body forges dataclass fields", """
+import dataclasses
+def k():
+    class B:
+        __dataclass_fields__ = {}
+    @dataclasses.dataclass
+    class D(B):
+        x: int
+    return str(D(1))
+""", "PK533", 4, V, "__dataclass_fields__"),
+    _e("annotations written item by item", """
+import dataclasses
+def k():
+    class D:
+        __annotations__["a,b"] = int
+    return str(dataclasses.dataclass(D))
+""", "PK202", 4, V, "__annotations__"),
     _e("total_ordering adds methods to a library class", """
 import functools, collections
 def k():

@@ -118,6 +118,10 @@ def test_each_chain_is_one_trace_with_a_span_per_step_under_its_root(
         # ... and `pyrecks status --json` names the trace to look up.
         assert root.context is not None
         assert px.status(chain).trace_id == f"{root.context.trace_id:032x}"
+        # ... and so does the plain `pyrecks status`.
+        from pyrecks.watching import describe
+
+        assert f"trace    {root.context.trace_id:032x}" in describe(px.status(chain)).splitlines()
 
 
 def test_fan_out_branches_and_the_join_are_children_of_the_fan_out_step(

@@ -154,3 +154,41 @@ def test_a_refused_effect_leaves_no_log_line_claiming_the_step_went_on(r: redis.
     kinds = [e.kind for e in px.logs(info.id)]
     assert info.error_kind == "effect"
     assert kinds == ["error"]
+
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from pyrecks.kernel import done\ndef\fmade(x):\n    return done('ran: ' + x)\n",
+        "from pyrecks.kernel import done\rdef made(x):\r    return done('ran: ' + x)\r",
+        "from pyrecks.kernel import done\ndef \\\nmade(x):\n    return done('ran: ' + x)\n",
+        "from pyrecks.kernel import done\ndef \uff4dade(x):\n    return done('ran: ' + x)\n",
+    ],
+    ids=["formfeed", "cr-lines", "line-continuation", "nfkc-name"],
+)
+@pytest.mark.parametrize("as_hash", [False, True], ids=["string", "hash"])
+def test_an_effect_cannot_make_a_kernel_that_python_would_still_compile(
+    r: redis.Redis, source: str, as_hash: bool
+) -> None:
+    """The effect guard looks for a line ``def NAME(``; Python compiles more (a form feed
+    after ``def``, lines ended by CR, a continued line, an NFKC twin of the name).  Such
+    text may be written by an effect, so the VM must never run it as kernel ``made``."""
+    from pyrecks.kernel import call
+
+    compile(source, "<made>", "exec")  # Python would define made() from it
+    value = '{"source": src, "compiled": "0"}' if as_hash else "src"
+    command = "HSET" if as_hash else "SET"
+    raw_kernel(
+        r,
+        "maker",
+        "from pyrecks.kernel import call\n"
+        "def maker(src):\n"
+        f"    return call('made', 'hi', effects=[('{command}', 'made', {value})])\n",
+    )
+    px = Pyrecks(r)
+    with px.local_vm(echo=False):
+        info = px.wait(px.start(call("maker", source)), timeout=30)
+    assert info.status is ChainStatus.FAILED, px.result(info.id)
+    assert "is not kernel 'made'" in (info.error or ""), info.error
+    assert r.exists("made")  # the effect itself was allowed: the text is not a kernel

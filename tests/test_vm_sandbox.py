@@ -35,6 +35,15 @@ RAW_ESCAPES = {
     "frame_walk": "def k():\n    g = (x for x in [1])\n    return str(g.gi_frame.f_back)\n",
     "builtins_dict": "def k():\n    return __builtins__['open']('/etc/passwd').read()\n",
     "global_state": "X = []\ndef k():\n    global X\n    X = 1\n    return ''\n",
+    "dataclass_field_code": (
+        "import dataclasses\n"
+        "def k():\n"
+        "    @dataclasses.dataclass(init=False, repr=False)\n"
+        "    class D:\n"
+        "        __annotations__ = {\"__class__,open('/etc/passwd').read()\": int}\n"
+        "    d = D()\n"
+        "    return str(d == d)\n"
+    ),
 }
 
 
@@ -215,3 +224,31 @@ def test_a_kernel_that_swallows_the_timeout_is_abandoned_and_the_vm_lives_on(
     assert "abandoned" in (stuck.error or "")
     assert after.status is ChainStatus.DONE  # the single worker was replaced
     assert r.get("late") is None  # the abandoned step's effects never landed
+
+
+def test_the_kernels_dataclass_refuses_field_names_that_are_code() -> None:
+    """The run-time half of PK533: ``dataclasses`` pastes field names into source it runs,
+    so the kernels' ``dataclass`` checks them where it reads them, inherited ones too."""
+    from pyrecks.vm.guards import _plain_field_names
+
+    class Forged:
+        pass
+
+    Forged.__annotations__ = {"a,__import__('os')": int}
+    with pytest.raises(SandboxViolation, match="not a plain identifier"):
+        _plain_field_names(Forged)
+
+    class Base:
+        __dataclass_fields__ = {"class": None}  # a keyword: never a field of a real dataclass
+
+    class Child(Base):
+        x: int
+
+    with pytest.raises(SandboxViolation, match="'class'"):
+        _plain_field_names(Child)
+
+    class Plain:
+        x: int
+        y: str
+
+    _plain_field_names(Plain)  # ordinary fields pass

@@ -1377,6 +1377,13 @@ class KernelChecker(ast.NodeVisitor):
                         "the exception of the with block, the VM's timeout signal included; "
                         "return None and catch the exceptions you expect with except",
                     )
+            elif (
+                isinstance(stmt, ast.FunctionDef)
+                and _is_dunder(stmt.name)
+                and stmt.name not in rulebook.CLASS_HOOKS
+                and stmt.name not in rulebook.CLASS_BODY_DUNDERS
+            ):
+                self._class_data_dunder(node, stmt, stmt.name)
             elif isinstance(stmt, ast.FunctionDef) and stmt.name in rulebook.CLASS_HOOKS:
                 self.error(
                     "PK532",
@@ -1401,6 +1408,12 @@ class KernelChecker(ast.NodeVisitor):
                         )
                     elif isinstance(target, ast.Name) and target.id == "__match_args__":
                         self._match_args(node, stmt.value)
+                    elif (
+                        isinstance(target, ast.Name)
+                        and _is_dunder(target.id)
+                        and target.id not in rulebook.CLASS_BODY_DUNDERS
+                    ):
+                        self._class_data_dunder(node, stmt, target.id)
         self.state.in_class += 1
         self.scopes.append(_Scope(set(self._scope_names[node][0]), is_class=True))
         try:
@@ -1408,6 +1421,17 @@ class KernelChecker(ast.NodeVisitor):
         finally:
             self.scopes.pop()
             self.state.in_class -= 1
+
+    def _class_data_dunder(self, cls: ast.ClassDef, stmt: ast.stmt, name: str) -> None:
+        """PK533: a class body binds a dunder that is data about the class (rulebook)."""
+        self.error(
+            "PK533",
+            stmt,
+            f"class {cls.name}: binding {name} sets what the interpreter or library code "
+            "reads about the class and trusts (dataclasses turns __annotations__ into source "
+            "code it runs); a class body may bind only its protocol methods, __slots__, "
+            "__hash__, __match_args__ and a docstring: annotate fields as 'name: type'",
+        )
 
     def _match_args(self, cls: ast.ClassDef, value: ast.expr | None) -> None:
         """PK308: ``__match_args__`` names attributes that class patterns read unguarded."""

@@ -357,9 +357,9 @@ class _Walk:
         node.bases = [self.expr_child(b, push) for b in node.bases]
         node.decorator_list = [self.expr_child(d, push) for d in node.decorator_list]
         for stmt in node.body:
-            if (
-                isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef)
-                and stmt.name in rulebook.CLASS_HOOKS
+            if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef) and (
+                stmt.name in rulebook.CLASS_HOOKS
+                or (rulebook.is_dunder(stmt.name) and stmt.name not in rulebook.CLASS_BODY_DUNDERS)
             ):
                 _refuse(stmt, f"class {node.name}: defining {stmt.name} is not allowed")
         # The body is walked now, with the class's name for mangling ``self.__x``.
@@ -389,7 +389,9 @@ class _Walk:
     def _class_name(self, cls: ast.ClassDef, stmt: ast.Assign | ast.AnnAssign, name: str) -> None:
         _reserved(stmt, name)
         self.bind(name)
-        if name in rulebook.CLASS_HOOKS:
+        if name in rulebook.CLASS_HOOKS or (
+            rulebook.is_dunder(name) and name not in rulebook.CLASS_BODY_DUNDERS
+        ):
             _refuse(stmt, f"class {cls.name}: setting {name} is not allowed")
         if name == "__match_args__":
             _match_args(cls, stmt.value)

@@ -314,6 +314,38 @@ CLASS_HOOKS: Final = _names(
     "__subclasscheck__ __subclasshook__ __mro_entries__ __reduce__ __reduce_ex__"
 )
 
+#: The special methods of Python's data model (operators, conversions, containers, context
+#: managers, iteration, attribute access, copying, ``__post_init__`` of dataclasses): what a
+#: kernel class may define or bind by name (``__radd__ = __add__``), less :data:`CLASS_HOOKS`.
+SPECIAL_METHODS: Final = _names(
+    "__new__ __init__ __post_init__ __repr__ __str__ __bytes__ __format__ __hash__ __bool__ "
+    "__lt__ __le__ __eq__ __ne__ __gt__ __ge__ "
+    "__getattr__ __getattribute__ __setattr__ __delattr__ __dir__ __get__ __set__ __delete__ "
+    "__call__ __len__ __length_hint__ __getitem__ __setitem__ __delitem__ __missing__ "
+    "__iter__ __next__ __reversed__ __contains__ "
+    "__add__ __sub__ __mul__ __matmul__ __truediv__ __floordiv__ __mod__ __divmod__ __pow__ "
+    "__lshift__ __rshift__ __and__ __xor__ __or__ "
+    "__radd__ __rsub__ __rmul__ __rmatmul__ __rtruediv__ __rfloordiv__ __rmod__ __rdivmod__ "
+    "__rpow__ __rlshift__ __rrshift__ __rand__ __rxor__ __ror__ "
+    "__iadd__ __isub__ __imul__ __imatmul__ __itruediv__ __ifloordiv__ __imod__ __ipow__ "
+    "__ilshift__ __irshift__ __iand__ __ixor__ __ior__ "
+    "__neg__ __pos__ __abs__ __invert__ __complex__ __int__ __float__ __index__ __round__ "
+    "__trunc__ __floor__ __ceil__ __enter__ __exit__ "
+    "__copy__ __deepcopy__ __getstate__ __setstate__ __getnewargs__ __getnewargs_ex__ "
+    "__sizeof__ __fspath__"
+)
+
+#: The only dunders a kernel class body may bind (PK533): its protocol methods and the
+#: class's own layout (``__slots__``, ``__hash__ = None``, ``__match_args__``, a docstring).
+#: Every other dunder is data that the interpreter or library code reads *about* the class
+#: and trusts: ``dataclasses`` pastes the keys of ``__annotations__`` into the source code it
+#: ``exec``s (and ``__module__`` picks the globals that code runs in), and
+#: ``__dataclass_fields__``, ``__qualname__`` or ``__dict__`` would forge what such code reads.
+#: An allow-list, so a dunder some library reads tomorrow is refused today.
+CLASS_BODY_DUNDERS: Final = (
+    _names("__slots__ __hash__ __match_args__ __doc__") | SPECIAL_METHODS
+) - CLASS_HOOKS
+
 #: Exceptions a handler may not catch without re-raising: the VM's timeout and shutdown
 #: signals derive from them (PK520).  At run time a handler for one of them catches
 #: ``Exception`` instead.

@@ -40,6 +40,7 @@ from pyrecks.errors import ChainNotFound, PyrecksError
 from pyrecks.ui import pages, queries
 from pyrecks.ui.picture import render_svg
 from pyrecks.vm.records import ChainInfo, ChainStatus, LogEntry
+from pyrecks.watching import entry_record
 
 STATIC = Path(__file__).parent / "static"
 TOKEN_HEADER = "x-pyrecks-token"
@@ -64,19 +65,6 @@ async def _thread(fn: Callable[[], T]) -> T:
 def _sse(event: str, data: Any, event_id: str | None = None) -> str:
     head = f"id: {event_id}\n" if event_id else ""
     return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
-
-
-def _entry_json(chain_id: str, entry: LogEntry) -> dict[str, Any]:
-    return {
-        "chain": chain_id,
-        "id": entry.id,
-        "kind": entry.kind,
-        "step": entry.step,
-        "kernel": entry.kernel,
-        "text": entry.text,
-        "ts": entry.ts,
-        "attempt": entry.attempt,
-    }
 
 
 def create_app(
@@ -203,7 +191,7 @@ def create_app(
         cid = request.path_params["chain"]
         if _status(cid) is None:
             return JSONResponse({"error": "no such chain"}, status_code=404)
-        return JSONResponse([_entry_json(cid, e) for e in px.logs(cid)])
+        return JSONResponse([entry_record(e, cid) for e in px.logs(cid)])
 
     def act(request: Request, action: Callable[[str], bool], verb: str) -> Response:
         refused = authorize(request)
@@ -357,7 +345,7 @@ async def _follow(px: Pyrecks, chain_id: str, request: Request) -> AsyncIterator
                 entry = LogEntry.from_stream(entry_id, fields)
                 positions[name] = entry.id
                 owner = owners.get(name, chain_id)
-                yield _sse("log", _entry_json(owner, entry), f"{owner}/{entry.id}")
+                yield _sse("log", entry_record(entry, owner), f"{owner}/{entry.id}")
         info, branches = await _thread(state)
         if info is None:
             yield _sse("end", {"chain": chain_id, "status": "missing"})
@@ -385,7 +373,7 @@ async def _follow(px: Pyrecks, chain_id: str, request: Request) -> AsyncIterator
                     entry = LogEntry.from_stream(entry_id, fields)
                     positions[name] = entry.id
                     owner = owners.get(name, chain_id)
-                    yield _sse("log", _entry_json(owner, entry), f"{owner}/{entry.id}")
+                    yield _sse("log", entry_record(entry, owner), f"{owner}/{entry.id}")
 
 
 __all__ = ["ChainStatus", "create_app"]

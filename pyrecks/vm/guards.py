@@ -33,6 +33,7 @@ import decimal
 import enum
 import functools
 import importlib
+import keyword
 import operator
 import re
 import string
@@ -811,7 +812,31 @@ def guarded_dataclass(cls: Any = None, /, **options: Any) -> Any:
     if cls is None:
         return lambda c: guarded_dataclass(c, **options)
     _own_fresh_class(cls, "dataclasses.dataclass")
+    _plain_field_names(cls)
     return dataclasses.dataclass(cls, **options)
+
+
+def _plain_field_names(cls: type) -> None:
+    """Refuse a dataclass whose field names are not plain identifiers.
+
+    ``dataclasses`` pastes field names, unchecked, into the source of ``__init__``,
+    ``__eq__`` and friends and ``exec``s it (with the real builtins when the class's module is
+    not in ``sys.modules``): a name such as ``"a,__import__('os')..."`` is code.  The
+    compiler refuses class bodies that bind ``__annotations__`` (PK533); this is the same
+    promise kept where the names are read, for fields inherited from a base too.
+    """
+    for klass in cls.__mro__:
+        # What dataclasses itself reads (3.11-3.13), not what inspect would make of it.
+        names = list(klass.__dict__.get("__annotations__", {}))  # noqa: RUF063
+        inherited = klass.__dict__.get("__dataclass_fields__")
+        if inherited is not None:
+            names += list(inherited)
+        for name in names:
+            if type(name) is not str or not name.isidentifier() or keyword.iskeyword(name):
+                _refuse(
+                    f"dataclasses.dataclass: field name {name!r} of {klass.__name__} is not "
+                    "a plain identifier"
+                )
 
 
 def guarded_total_ordering(cls: Any) -> Any:

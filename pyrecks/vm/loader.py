@@ -44,7 +44,7 @@ from pyrecks.compiler.compiler import (
     signature_from_json,
 )
 from pyrecks.compiler.policy import Policy
-from pyrecks.compiler.store import RECORD_FORMAT, KernelStore
+from pyrecks.compiler.store import RECORD_FORMAT, KernelStore, looks_like_kernel
 from pyrecks.errors import KernelNotFound, KernelRejected
 
 #: Kernel versions the checker refused, remembered so a chain retried in a loop does not
@@ -128,6 +128,7 @@ class KernelLoader:
             )
         if state == "string":
             source = _text(payload)
+            self._require_kernel_text(name, source, "string")
             return self._from_source(name, source)
         if state == "hash":
             fields = self._fields(name, payload)
@@ -135,6 +136,24 @@ class KernelLoader:
         raise KernelNotFound(
             f"key {self.store.keyspace.kernel(name)!r} holds a {state}, not a kernel; "
             "a kernel is a hash written by pyrecksc compile or a string of Python source"
+        )
+
+    def _require_kernel_text(self, name: str, source: str, kind: str) -> None:
+        """Run only what the store's one rule calls kernel ``name``'s source.
+
+        :func:`~pyrecks.compiler.store.looks_like_kernel` (a line ``def NAME(``) is the rule
+        the effect guard applies, in Lua, to every value an effect writes; a key whose text
+        Python would still compile into ``NAME`` (``def\\fNAME(``, lines ended by ``\\r``,
+        an NFKC twin of the name) is therefore one an effect *can* write, and must never
+        be run as a kernel.  One rule on both sides: effects cannot make kernels.
+        """
+        if looks_like_kernel(source, name):
+            return
+        raise KernelNotFound(
+            f"key {self.store.keyspace.kernel(name)!r} is a {kind} without a line "
+            f"'def {name}(' in its source, so it is not kernel {name!r} (a kernel's source "
+            "defines it as 'def NAME(' at the start of a line, spaces or tabs around the "
+            "name); store kernels with 'pyrecksc compile'"
         )
 
     def near_names(self, name: str) -> str:
@@ -182,6 +201,7 @@ class KernelLoader:
                 "field, not a kernel record"
             )
         source = _text(fields["source"])
+        self._require_kernel_text(name, source, "hash")
         digest = hashlib.sha256(source.encode("utf-8")).hexdigest()
         cached = self._cached(name, digest)
         if cached is not None:
