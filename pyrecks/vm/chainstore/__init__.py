@@ -12,6 +12,8 @@ The contract, for every script:
   fan-out branches and of the parent, the starts stream, and every effect's target key.
   No key name travels in ARGV or inside a payload (and none is derived inside a script), so
   Redis Cluster can route each call; payloads refer to variable keys by their index in KEYS.
+  (On a cluster COMMIT *stores* the effects a step owes — key names as data, touched by
+  APPLY later, where they are KEYS: see :mod:`pyrecks.vm.outbox`.)
 * **ARGV** carries values only.  Fenced scripts take one msgpack payload built from the
   dataclasses below (all leaves already strings, so a script never has to guess how Python
   meant a number), then what is the same for every call (prefixes, limits).
