@@ -11,6 +11,7 @@ last because it changes the topology.
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -260,6 +261,26 @@ def test_every_cli_command_works_against_a_cluster_node(
         assert px.status(cli_chains["failed"]).status is ChainStatus.QUEUED
     if args[0] == "run":
         assert int(px.r.get("cli:c:2") or 0) == 1
+
+
+def test_the_acl_roles_work_on_a_cluster(cluster: RedisClusterServer, px: Pyrecks) -> None:
+    """The users ``pyrecks acl vm|client`` describes, on every node (ACLs are per node):
+    the client starts and waits, the VM runs the chain and applies its effects."""
+    from pyrecks.acl import setuser
+
+    for node in cluster.live_nodes():
+        for role in ("vm", "client"):
+            node.client().execute_command(*shlex.split(setuser(role, f"px-{role}", "pw")))
+    vm_px = connect(cluster.url.replace("redis://", "redis://px-vm:pw@"))
+    client = connect(cluster.url.replace("redis://", "redis://px-client:pw@"))
+    assert isinstance(client.r, redis.RedisCluster) and client.keyspace.sharded
+    chain = client.start('tick("acl", 0, 2)')
+    with vm_px.local_vm(echo=False, isolation="thread", threads=2) as vm:
+        assert client.wait(chain, timeout=30).status is ChainStatus.DONE
+        assert vm.watch.enabled  # tracking on every master under the VM role
+    assert client.result(chain) == 0 and int(px.r.get("acl:c:0") or 0) == 2
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        client.r.get("acl:c:0")  # the client role reads no user data on a cluster either
 
 
 def test_the_web_views_chain_list_reads_every_shard(
