@@ -30,6 +30,13 @@ Fault kinds:
                     a plain kill -9 of Redis counts as a possible loss of its last 2 s);
 * ``none``          no faults (a baseline for the checker and the recovery time).
 
+With ``--cluster`` every phase runs on a private Redis Cluster (3 masters, 3 replicas) instead
+of one server, and the fault kinds are ``vm-kill``, ``zombie``, ``script-flush`` (on every
+master) and ``failover``: kill -9 a master, wait for its replica's promotion, then start the
+killed node again (it rejoins as a replica of the new master).  Redis Cluster replicates
+asynchronously: writes a killed master acknowledged but had not yet sent to its replica are
+lost, which the checker would count (as lost effects, or starts lost, or stuck chains).
+
 Chains.  Chain ``cx<i>`` runs kernel ``cx`` for steps 0..n; step ``f`` fans out into ``b``
 branches of ``l`` steps each (kernel ``cx_leaf``) joined by ``cx_join``; every step but the
 pure ones (``k % 3 == 2``) applies ``INCRBY <its own counter> 1``.  Each effect has its own
@@ -79,12 +86,15 @@ if __package__ in (None, ""):  # run as a script: .venv/bin/python bench/chaos.p
 import redis
 
 from pyrecks.api import Pyrecks
+from pyrecks.cluster import adapt
 from pyrecks.keys import Keyspace
+from pyrecks.testing.cluster import RedisClusterServer
 from pyrecks.testing.server import RedisServer
 
 T = TypeVar("T")
 
 KINDS = ("vm-kill", "zombie", "redis-kill", "script-flush", "power-loss")
+CLUSTER_KINDS = ("vm-kill", "zombie", "script-flush", "failover")
 EXTRA_KINDS = ("mixed", "none")
 GROUP = "pyrecks-vms"
 KS = Keyspace()
@@ -316,6 +326,8 @@ class Options:
     redis_server: str | None = None
     keep: bool = False
     verbose: bool = True
+    #: Run each phase on a 3+3 Redis Cluster (fault kinds: CLUSTER_KINDS).
+    cluster: bool = False
 
 
 @dataclass
@@ -375,10 +387,18 @@ class Phase:
     def __init__(self, kind: str, opts: Options, seed: int) -> None:
         self.kind = kind
         self.opts = opts
-        self.kinds = list(KINDS) if kind == "mixed" else ([] if kind == "none" else [kind])
+        every = CLUSTER_KINDS if opts.cluster else KINDS
+        self.kinds = list(every) if kind == "mixed" else ([] if kind == "none" else [kind])
         self.rng = random.Random(seed)
         self.workdir = Path(tempfile.mkdtemp(prefix=f"pyrecks-chaos-{kind}-"))
         everysec = "power-loss" in self.kinds
+        #: --cluster: the cluster the phase runs on (self.server is then not started).
+        self.cluster = (
+            RedisClusterServer(masters=3, replicas=1, executable=opts.redis_server)
+            if opts.cluster
+            else None
+        )
+        self.ks = KS  # on a cluster: the sharded keyspace, once the cluster is up
         self.server = RedisServer(
             executable=opts.redis_server,
             data_dir=self.workdir / "redis",
@@ -410,19 +430,32 @@ class Phase:
     # -- set-up ----------------------------------------------------------------------------
 
     def client(self) -> redis.Redis:
+        if self.cluster is not None:
+            return redis.RedisCluster.from_url(self.url, socket_timeout=10)  # type: ignore[return-value]
         return redis.Redis.from_url(self.server.url, socket_timeout=10)
 
+    @property
+    def url(self) -> str:
+        return self.cluster.url if self.cluster is not None else self.server.url
+
+    @property
+    def home(self) -> Keyspace:
+        """Where VM heartbeats are read (on a cluster: the first shard's copies)."""
+        return self.ks.every_shard()[0]
+
     def _setup(self) -> None:
-        self.server.start()
+        if self.cluster is not None:
+            self.cluster.start()
+        else:
+            self.server.start()
         r = self.client()
+        self.ks = adapt(r, KS)
         for name, source in KERNELS.items():
             r.set(name, source.lstrip("\n"))
         r.close()
         if self.aof is not None:
             self.aof.start()
-        self.vms = [
-            VMSlot(i, self.server.url, self.opts, self.workdir) for i in range(self.opts.vms)
-        ]
+        self.vms = [VMSlot(i, self.url, self.opts, self.workdir) for i in range(self.opts.vms)]
         for vm in self.vms:
             vm.spawn()
         self._wait_for_vms()
@@ -438,7 +471,7 @@ class Phase:
                         raise RuntimeError(
                             f"VM {vm.name} exited at start-up:\n{vm.log_path.read_text()[-2000:]}"
                         )
-                    raw = _retry(lambda v=vm: r.get(KS.vm(v.name)))  # type: ignore[misc]
+                    raw = _retry(lambda v=vm: r.get(self.home.vm(v.name)))  # type: ignore[misc]
                     assert vm.process is not None
                     if raw and json.loads(raw).get("pid") == vm.process.pid:
                         break
@@ -489,7 +522,7 @@ class Phase:
             self.say(f"SIGSTOP {vm.name}")
             r = self.client()
             deadline = time.monotonic() + 5 * opts.lease + 30
-            while _retry(lambda: r.exists(KS.vm(vm.name))) and time.monotonic() < deadline:
+            while _retry(lambda: r.exists(self.home.vm(vm.name))) and time.monotonic() < deadline:
                 time.sleep(0.05)
             r.close()
             # Deliberate: one more lease, so the others take its chains over (XAUTOCLAIM).
@@ -509,6 +542,8 @@ class Phase:
                 self.server.start()
             self.say(f"kill -9 Redis (appendfsync {self.server.config['appendfsync']}), "
                      "restarted from its AOF")
+        elif kind == "failover":
+            self._failover()
         elif kind == "script-flush":
             r = self.client()
             for _ in range(opts.flushes):
@@ -533,6 +568,37 @@ class Phase:
         else:
             raise ValueError(f"unknown fault kind {kind!r}")
         self.row.faults[kind] += 1
+
+    def _failover(self) -> None:
+        """kill -9 a master whose replica is in sync, wait for the promotion, start the
+        killed node again and wait until it has synced as the new master's replica (a
+        replica that never finished its sync refuses to stand in the next failover)."""
+        cluster = self.cluster
+        assert cluster is not None
+        candidates = [
+            m for m in cluster.masters_now()
+            if any(self._replica_of(n, m) and cluster._synced(n) for n in cluster.live_nodes())
+        ]
+        if not candidates:
+            self.say("no master has a replica in sync: no failover this time")
+            return
+        master = self.rng.choice(candidates)
+        try:
+            promoted = cluster.kill_master_and_wait_for_failover(master)
+        finally:
+            master.server.start()
+        deadline = time.monotonic() + 60
+        while not cluster._synced(master) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the restarted node's sync has no event to wait on
+        self.say(f"kill -9 master {master.port}, replica {promoted.port} promoted; "
+                 f"{master.port} restarted as its replica")
+
+    def _replica_of(self, node: Any, master: Any) -> bool:
+        assert self.cluster is not None
+        with contextlib.suppress(*_DOWN):
+            role = node.client().execute_command("ROLE")
+            return bool(role) and _s(role[0]) == "slave" and int(role[2]) == master.port
+        return False
 
     def _note_fsync(self) -> None:
         """Log whether everysec fsyncs were late (Redis then postpones writes, and replies)."""
@@ -561,7 +627,11 @@ class Phase:
     def _restore(self) -> None:
         """Faults over: Redis up, every VM running and resumed."""
         with self.redis_lock:
-            if self.server.process is None or self.server.process.poll() is not None:
+            if self.cluster is not None:
+                for node in self.cluster.nodes:
+                    if node.server.process is None or node.server.process.poll() is not None:
+                        node.server.start()
+            elif self.server.process is None or self.server.process.poll() is not None:
                 self.server.start()
         for vm in self.vms:
             vm.resume()
@@ -584,7 +654,7 @@ class Phase:
             for chunk in _chunks(open_, 2000):
                 pipe = r.pipeline(transaction=False)
                 for spec in chunk:
-                    pipe.hmget(KS.chain(spec.id), "status", "finished")
+                    pipe.hmget(self.ks.chain(spec.id), "status", "finished")
                 got = _retry(pipe.execute)
                 for spec, (status, finished) in zip(chunk, got, strict=True):
                     spec.status = _s(status)
@@ -618,8 +688,9 @@ class Phase:
                 expected[key] = 0 if spec.status == "start-lost" else 1
         keys = sorted(expected)
         actual: dict[str, int] = {}
+        read = r.mget_nonatomic if self.cluster is not None else r.mget  # type: ignore[attr-defined]
         for chunk in _chunks(keys, 5000):
-            for key, value in zip(chunk, _retry(lambda c=chunk: r.mget(c)), strict=True):  # type: ignore[misc]
+            for key, value in zip(chunk, _retry(lambda c=chunk: read(c)), strict=True):  # type: ignore[misc]
                 actual[key] = int(value or 0)
         stray = [
             _s(k) for k in _retry(lambda: list(r.scan_iter("cx:*", count=5000)))
@@ -655,14 +726,14 @@ class Phase:
         for batch in _chunks(done, 2000):
             pipe = r.pipeline(transaction=False)
             for spec in batch:
-                pipe.hget(KS.chain(spec.id), "result")
+                pipe.hget(self.ks.chain(spec.id), "result")
             for spec, value in zip(batch, _retry(pipe.execute), strict=True):
                 results[spec.id] = _s(value)
         wrong = [s.id for s in done if results[s.id] != s.result]
         failed = [s for s in started if s.status in ("failed", "cancelled")]
         row.failed = len(failed) + len(wrong)
         for spec in failed[:3]:
-            rec = _retry(lambda s=spec: r.hmget(KS.chain(s.id), "error_kind", "error"))  # type: ignore[misc]
+            rec = _retry(lambda s=spec: r.hmget(self.ks.chain(s.id), "error_kind", "error"))  # type: ignore[misc]
             row.notes.append(f"{spec.id} {spec.status}: {_s(rec[0])}: {_s(rec[1])[:200]}")
         if wrong:
             row.notes.append(f"wrong results: {wrong[:5]}")
@@ -679,12 +750,14 @@ class Phase:
         for spec in stuck:
             by_status[spec.status or "missing"] = by_status.get(spec.status or "missing", 0) + 1
         notes.append(f"stuck by status: {by_status}")
-        pending: Any = _retry(lambda: r.xpending_range(KS.starts, GROUP, "-", "+", 100_000))
         holder: dict[str, list[str]] = {}
-        if pending:
+        for starts in (shard.starts for shard in self.ks.every_shard()):
+            pending: Any = _retry(lambda s=starts: r.xpending_range(s, GROUP, "-", "+", 100_000))  # type: ignore[misc]
+            if not pending:
+                continue
             pipe = r.pipeline(transaction=False)
             for p in pending:
-                pipe.xrange(KS.starts, p["message_id"], p["message_id"])
+                pipe.xrange(starts, p["message_id"], p["message_id"])
             for p, entries in zip(pending, _retry(pipe.execute), strict=True):
                 for _id, fields in entries:
                     chain = _s(fields.get(b"chain") or fields.get(b"id"))
@@ -694,10 +767,10 @@ class Phase:
                         f"{p['times_delivered']} deliveries)"
                     )
         for spec in stuck[:4]:
-            rec: Any = _retry(lambda s=spec: r.hgetall(KS.chain(s.id)))  # type: ignore[misc]
+            rec: Any = _retry(lambda s=spec: r.hgetall(self.ks.chain(s.id)))  # type: ignore[misc]
             fields = {_s(k): _s(v) for k, v in rec.items()}
             owner = fields.get("owner", "")
-            beat = bool(owner) and bool(_retry(lambda o=owner: r.exists(KS.vm(o))))  # type: ignore[misc]
+            beat = bool(owner) and bool(_retry(lambda o=owner: r.exists(self.home.vm(o))))  # type: ignore[misc]
             keep = ("status", "step", "epoch", "owner", "call")
             notes.append(
                 f"stuck {spec.id}: " + " ".join(f"{k}={fields.get(k, '')!r}" for k in keep)
@@ -707,12 +780,12 @@ class Phase:
                 for b in range(int(fields.get("branches") or 0)):
                     bid = f"{spec.id}.{b}"
                     brec: Any = _retry(lambda x=bid: r.hmget(  # type: ignore[misc]
-                        KS.chain(x), "status", "step", "epoch", "owner"))
+                        self.ks.chain(x), "status", "step", "epoch", "owner"))
                     bst, bstep, bepoch, bowner = (_s(v) for v in brec)
                     if bst == "done":
                         continue
                     balive = bool(bowner) and bool(
-                        _retry(lambda o=bowner: r.exists(KS.vm(o))))  # type: ignore[misc]
+                        _retry(lambda o=bowner: r.exists(self.home.vm(o))))  # type: ignore[misc]
                     notes.append(
                         f"  branch {bid}: status={bst!r} step={bstep!r} epoch={bepoch!r} "
                         f"owner={bowner!r} owner_alive={balive}; entries: "
@@ -761,6 +834,8 @@ class Phase:
             vm.kill()
         if self.aof is not None:
             self.aof.close()
+        if self.cluster is not None:
+            self.cluster.close()
         self.server.kill()
         if self.row.ok and not self.opts.keep:
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -885,13 +960,20 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, list[str], s
                    help="redis-server (or valkey-server) binary to run; default: the one "
                    "pyrecks' test servers use")
     p.add_argument("--keep", action="store_true", help="keep every phase's Redis data and logs")
+    p.add_argument("--cluster", action="store_true",
+                   help="run each phase on a 3-master + 3-replica Redis Cluster (fault kinds: "
+                   f"{', '.join(CLUSTER_KINDS)}, mixed, none)")
     p.add_argument("--json", dest="json_path", default=None, help="also write the rows as JSON")
     p.add_argument("--quiet", action="store_true", help="print only the table")
     a = p.parse_args(argv)
+    if a.cluster and a.faults == ",".join(KINDS):
+        a.faults = ",".join(CLUSTER_KINDS)
     kinds = [k.strip() for k in a.faults.split(",") if k.strip()]
+    known = (CLUSTER_KINDS if a.cluster else KINDS) + EXTRA_KINDS
     for k in kinds:
-        if k not in KINDS + EXTRA_KINDS:
-            p.error(f"unknown fault kind {k!r}: use {', '.join(KINDS + EXTRA_KINDS)}")
+        if k not in known:
+            where = " on a cluster" if a.cluster else ""
+            p.error(f"unknown fault kind {k!r}{where}: use {', '.join(known)}")
 
     def pick(value: Any, full: Any, quick: Any) -> Any:
         return value if value is not None else (quick if a.quick else full)
@@ -913,6 +995,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, list[str], s
         redis_server=a.redis_server,
         keep=a.keep,
         verbose=not a.quiet,
+        cluster=a.cluster,
     )
     return opts, kinds, a.json_path
 

@@ -23,6 +23,10 @@ from pyrecks.compiler.effects import ALLOWED_COMMANDS
 #: Commands every role needs to connect and run pyrecks' scripts.
 _COMMON = ["ping", "hello", "auth", "select", "evalsha", "eval", "script|load", "script|exists"]
 
+#: Redis Cluster: telling a cluster from one server (``INFO cluster``) and what redis-py's
+#: ``RedisCluster`` asks to learn the topology and where each command's keys are.
+_CLUSTER = ["info", "cluster|slots", "cluster|shards", "cluster|nodes", "command", "readonly"]
+
 #: Effects kernels may request — the grammar's whitelist, the one list
 #: (:data:`pyrecks.compiler.effects.ALLOWED_COMMANDS`) — applied by the VM inside scripts.
 _EFFECT_WRITES = sorted(command.lower() for command in ALLOWED_COMMANDS)
@@ -41,6 +45,7 @@ VM_COMMANDS = sorted(
             "multi", "exec", "watch", "unwatch",
             # hot-patch freshness through client-side caching invalidations
             "client|id", "client|tracking", "subscribe",
+            *_CLUSTER,
         ]
     )
 )  # fmt: skip
@@ -53,6 +58,10 @@ CLIENT_COMMANDS = sorted(
             "hgetall", "hget", "hset", "hsetnx", "exists", "expire", "persist", "zadd",
             "zrem", "zrevrange", "zrange", "xadd", "xread", "xrange",
             "del",  # retry: a failed chain's end stream goes, so waiters wait for the new end
+            *_CLUSTER,
+            # Redis Cluster: the shard count (read, or stored by the first to meet the
+            # cluster), and wait() checks that a chain's last effects have landed
+            "get", "set", "hexists", "xrevrange",
         ]
     )
 )  # fmt: skip
@@ -63,7 +72,10 @@ CLIENT_COMMANDS = sorted(
 CLIENT_KEYS = " ".join(
     f"~pyrecks:{k}"
     for k in (
-        "chain:*", "log:*", "end:*", "results:*", "chains", "starts", "failed", "vms", "vm:*"
+        "chain:*", "log:*", "end:*", "results:*", "chains", "starts", "failed", "vms", "vm:*",
+        # Redis Cluster: the shards' indexes and starts streams (``chains:{pyrecks.3}``)
+        # and the shard count
+        "chains:*", "starts:*", "failed:*", "shards",
     )
 )
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import redis
 
+from pyrecks.cluster import adapt
 from pyrecks.compiler.instructions import Call
 from pyrecks.compiler.parser import parse_value
 from pyrecks.compiler.render import render_call
@@ -97,7 +98,7 @@ class Pyrecks:
 
     def __init__(self, r: redis.Redis, keyspace: Keyspace | None = None) -> None:
         self.r = r
-        self.keyspace = keyspace or Keyspace()
+        self.keyspace = adapt(r, keyspace or Keyspace())
         self.store = ChainStore(r, self.keyspace)
         #: The name of this handle's local VM (see local_vm): chains started with
         #: ``local=True`` are pinned to it, and no other VM runs them while it beats.
@@ -168,7 +169,7 @@ class Pyrecks:
         """
         if info.status is not ChainStatus.RUNNING or not info.owner:
             return None
-        raw: Any = self.r.get(self.keyspace.vm(info.owner))
+        raw: Any = self.r.get(self.keyspace.for_chain(info.id).vm(info.owner))
         try:
             beat = json.loads(raw) if raw else {}
             now = (beat.get("running") or {}).get(info.id)
@@ -298,7 +299,8 @@ class Pyrecks:
                 if recheck:
                     continue
             waiting_for = [chain_id]
-            if info.status.finished:
+            owing = info.status.finished and not self._delivered(chain_id)
+            if info.status.finished and not owing:
                 # A branch can outlive its parent (a failed sibling failed the parent).
                 reader.discover()
                 waiting_for = self._unfinished(reader.chains[1:])
@@ -314,6 +316,12 @@ class Pyrecks:
                     f"chain {chain_id} is still {info.status.value} after {timeout:g}s"
                 )
             block = 1000 if left is None else max(1, min(1000, int(left * 1000)))
+            if owing:  # ended; its last effects are landing: DELIVERED adds an end entry
+                end = self.keyspace.ended(chain_id)
+                last: Any = self.r.xrevrange(end, count=1)
+                self.r.xread({end: last[0][0] if last else "0-0"}, block=block)
+                recheck = True
+                continue
             if on_entry is None:
                 # Nothing to show: sleep on the end streams, not on every step.
                 ends = [self.keyspace.ended(c) for c in waiting_for]
@@ -321,6 +329,14 @@ class Pyrecks:
                 recheck = True
                 continue
             recheck = not reader.wait(block)
+
+    def _delivered(self, chain_id: str) -> bool:
+        """Whether the chain owes no effects (on a cluster the last step's effects on other
+        slots land just after its commit: see pyrecks/vm/outbox.py; a waiter waits for
+        them too, woken by a second entry on the end stream)."""
+        return not self.keyspace.sharded or not self.r.hexists(
+            self.keyspace.chain(chain_id), "owed"
+        )
 
     def cancel(self, chain_id: str) -> bool:
         """Cancel a chain and its fan-out branches.
@@ -359,13 +375,12 @@ class Pyrecks:
 
     def failed(self, limit: int = 50) -> list[ChainInfo]:
         """The most recently failed chains (from the failed set), newest first."""
-        raw: Any = self.r.zrevrange(self.keyspace.failed, 0, limit - 1)
         out = []
-        for cid in (i.decode() for i in raw):
+        for cid in self._newest("failed", limit - 1):
             try:
                 info = self.status(cid)
             except ChainNotFound:
-                self.r.zrem(self.keyspace.failed, cid)  # expired
+                self.r.zrem(self.keyspace.for_chain(cid).failed, cid)  # expired
                 continue
             if info.status is ChainStatus.FAILED:
                 out.append(info)
@@ -377,8 +392,7 @@ class Pyrecks:
 
     def chains(self, status: str | None = None, limit: int = 50) -> list[ChainInfo]:
         """The most recent chains (newest first), optionally only those with ``status``."""
-        raw_ids: Any = self.r.zrevrange(self.keyspace.chains, 0, -1)
-        ids = [i.decode() for i in raw_ids]
+        ids = self._newest("chains", -1)
         out: list[ChainInfo] = []
         stale: list[str] = []
         for start in range(0, len(ids), 200):
@@ -397,9 +411,21 @@ class Pyrecks:
                         break
             if len(out) >= limit:
                 break
-        if stale:
-            self.r.zrem(self.keyspace.chains, *stale)  # records that expired
+        for cid in stale:
+            self.r.zrem(self.keyspace.for_chain(cid).chains, cid)  # records that expired
         return out
+
+    def _newest(self, index: str, stop: int) -> list[str]:
+        """Ids of the index ``index`` ("chains", "failed"), newest first, ranks 0..``stop``
+        (-1: all).  On a cluster each shard has its own index: merged by score."""
+        scored: list[tuple[float, str]] = []
+        for view in self.keyspace.every_shard():
+            raw: Any = self.r.zrevrange(getattr(view, index), 0, stop, withscores=True)
+            scored += [(float(score), member.decode()) for member, score in raw]
+        if len(self.keyspace.every_shard()) > 1:
+            scored.sort(key=lambda pair: pair[0], reverse=True)
+        ids = [cid for _score, cid in scored]
+        return ids if stop < 0 else ids[: stop + 1]
 
     # -- running ----------------------------------------------------------------------------
 

@@ -250,11 +250,15 @@ def connect(url: str | None = None, **kwargs: Any) -> redis.Redis:
     """A redis-py client for ``url`` (see :func:`resolve_url`); starts the embedded server.
 
     Raises :class:`InvalidRedisURL` for a URL that cannot work (see :func:`check_url`).
+    A node of a Redis Cluster gives a ``redis.RedisCluster`` (see :mod:`pyrecks.cluster`).
     """
     target = check_url(resolve_url(url), url_origin(url))
     if target.startswith(f"{EMBEDDED_SCHEME}://"):
         target = EmbeddedServer().start()
-    return redis.Redis.from_url(target, **kwargs)
+    from pyrecks.cluster import cluster_client
+
+    # A cluster node: redis-py's RedisCluster (same URL), which routes by slot.
+    return cluster_client(target, **kwargs) or redis.Redis.from_url(target, **kwargs)
 
 
 def explain_redis_error(exc: BaseException, url: str | None) -> tuple[str, int] | None:

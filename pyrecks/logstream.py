@@ -27,6 +27,7 @@ from typing import Any
 
 import redis
 
+from pyrecks.cluster import is_cluster
 from pyrecks.keys import Keyspace
 from pyrecks.vm.records import LogEntry
 
@@ -117,7 +118,10 @@ class LogReader:
         Call again while it returns a list: a log longer than a page comes page by page.
         None: there was nothing new (an empty list: only entries of other ``kinds``).
         """
-        pipe = self.r.pipeline(transaction=True)
+        # One snapshot of every log (a chain's logs share a slot).  Not on a cluster, whose
+        # transactional pipeline hands back replies unparsed (redis-py): there each log's
+        # length and page are read together but not at one instant with the other logs'.
+        pipe = self.r.pipeline(transaction=not is_cluster(self.r))
         keys = list(self._logs)
         for key in keys:
             pos = self._logs[key]

@@ -72,7 +72,9 @@ RECORD_FIELDS = (
     "updated",
 )
 
-# KEYS[1]: the kernels set; KEYS[2..]: kernel keys.  ARGV[1]: now; then per kernel:
+# KEYS[1]: the kernels set — on Redis Cluster, where the set lives in another slot, KEYS[2]
+# again (one kernel per call; the caller adds the name to the set after); KEYS[2..]: kernel
+# keys.  ARGV[1]: now; then per kernel:
 # name, expected TYPE, force ("1"/"0"), field count n, n field/value pairs.
 # Every key is verified before anything is written, so a failed check writes nothing.
 _PUT_MANY = """
@@ -106,15 +108,16 @@ for _, p in ipairs(plans) do
     args[#args + 1] = ARGV[p[4] + 2 * j + 1]
   end
   redis.call('HSET', p[1], unpack(args))
-  redis.call('SADD', KEYS[1], p[2])
+  if KEYS[1] ~= KEYS[2] then redis.call('SADD', KEYS[1], p[2]) end
   versions[#versions + 1] = p[3]
 end
 return versions
 """
 
-# KEYS[1]: kernel key, KEYS[2]: kernels set.  ARGV: expected source, name, now, digest,
-# magic, then field/value pairs.  Returns the version written, or 0 when nothing was written
-# (the source changed meanwhile, or another VM promoted the same source already).
+# KEYS[1]: kernel key, KEYS[2]: kernels set (on a cluster KEYS[1] again: see _PUT_MANY).
+# ARGV: expected source, name, now, digest, magic, then field/value pairs.  Returns the version
+# written, or 0 when nothing was written (the source changed meanwhile, or another VM
+# promoted the same source already).
 _PROMOTE = """
 local key = KEYS[1]
 local t = redis.call('TYPE', key)['ok']
@@ -136,7 +139,7 @@ redis.call('DEL', key)
 local args = {'version', tostring(version), 'updated', ARGV[3]}
 for i = 6, #ARGV do args[#args + 1] = ARGV[i] end
 redis.call('HSET', key, unpack(args))
-redis.call('SADD', KEYS[2], ARGV[2])
+if KEYS[2] ~= KEYS[1] then redis.call('SADD', KEYS[2], ARGV[2]) end
 return version
 """
 
@@ -208,13 +211,18 @@ class KernelStore:
     """Read and write kernel records for one deployment (one :class:`Keyspace`)."""
 
     def __init__(self, r: redis.Redis, keyspace: Keyspace | None = None) -> None:
-        if r.connection_pool.connection_kwargs.get("decode_responses"):
+        pool = getattr(r, "connection_pool", None)  # (none on a cluster client)
+        kwargs = pool.connection_kwargs if pool is not None else r.get_connection_kwargs()
+        if kwargs.get("decode_responses"):
             raise PyrecksError(
                 "KernelStore needs a Redis client with decode_responses=False: kernel "
                 "bytecode is binary"
             )
         self.r = r
         self.keyspace = keyspace or Keyspace()
+        #: Redis Cluster: kernels live in many slots, so each is stored by itself and the
+        #: kernels set (another slot) is updated after it.
+        self.cluster = pool is None
         self._put = r.register_script(_PUT_MANY)
         self._promote = r.register_script(_PROMOTE)
         self._inspect = r.register_script(_INSPECT)
@@ -240,16 +248,18 @@ class KernelStore:
         keys = [self.keyspace.kernel(k.name) for k in compiled]
         types_ = self._types(keys)
         problems: list[str] = []
-        argv: list[Any] = [repr(time.time())]
+        at = repr(time.time())
+        chunks: list[list[Any]] = []
         for kernel, key, kind in zip(compiled, keys, types_, strict=True):
             if not force:
                 problem = self._not_a_kernel(kernel.name, key, kind)
                 if problem:
                     problems.append(problem)
             fields = _record_fields(kernel)
-            argv += [kernel.name, kind, "1" if force else "0", len(fields)]
+            chunk: list[Any] = [kernel.name, kind, "1" if force else "0", len(fields)]
             for field_name, value in fields.items():
-                argv += [field_name, value]
+                chunk += [field_name, value]
+            chunks.append(chunk)
         if problems:
             raise PyrecksError(
                 "refusing to overwrite data that is not a kernel (nothing was written): "
@@ -257,7 +267,16 @@ class KernelStore:
                 + ". Pick another kernel name or prefix, or pass --force to overwrite"
             )
         try:
-            result = self._put(keys=[self.keyspace.kernels, *keys], args=argv)
+            if self.cluster:  # not atomic as a batch: each kernel is atomic by itself
+                result = [
+                    v
+                    for k, c in zip(keys, chunks, strict=True)
+                    for v in self._put(keys=[k, k], args=[at, *c])
+                ]
+                self.r.sadd(self.keyspace.kernels, *names)
+            else:
+                argv = [at, *(v for chunk in chunks for v in chunk)]
+                result = self._put(keys=[self.keyspace.kernels, *keys], args=argv)
         except redis.ResponseError as exc:
             text = str(exc)
             if "PYRECKS_CHANGED" in text or "PYRECKS_NOTKERNEL" in text:
@@ -307,7 +326,11 @@ class KernelStore:
         ]
         for field_name, value in fields.items():
             argv += [field_name, value]
-        written = self._promote(keys=[self.keyspace.kernel(name), self.keyspace.kernels], args=argv)
+        key = self.keyspace.kernel(name)
+        index = key if self.cluster else self.keyspace.kernels
+        written = self._promote(keys=[key, index], args=argv)
+        if self.cluster and int(written):
+            self.r.sadd(self.keyspace.kernels, name)
         return bool(int(written))
 
     def remove(self, name: str) -> None:
@@ -317,7 +340,8 @@ class KernelStore:
             pipe.watch(key)
             kind = _text(pipe.type(key))
             if kind == "none":
-                in_set = pipe.sismember(self.keyspace.kernels, name)
+                index: Any = self.r if self.cluster else pipe  # (a cluster: another slot)
+                in_set = index.sismember(self.keyspace.kernels, name)
                 if not in_set:
                     raise KernelNotFound(f"no kernel named {name!r} (key {key!r} does not exist)")
             else:
@@ -326,9 +350,12 @@ class KernelStore:
                     raise PyrecksError(f"refusing to delete {key!r}: {problem}")
             pipe.multi()
             pipe.delete(key)
-            pipe.srem(self.keyspace.kernels, name)
+            if not self.cluster:
+                pipe.srem(self.keyspace.kernels, name)
             try:
                 pipe.execute()
+                if self.cluster:
+                    self.r.srem(self.keyspace.kernels, name)
             except redis.WatchError:
                 raise PyrecksError(
                     f"kernel {name!r} changed while it was being removed; run the command again"

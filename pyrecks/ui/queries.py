@@ -6,8 +6,11 @@ and the JSON API (and the tests) share one implementation.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,14 +93,12 @@ def list_chains(
     skip = (page - 1) * per_page
     out: list[ChainInfo] = []
     has_next = False
-    offset = 0
     stale: list[str] = []
-    while True:
-        raw: Any = px.r.zrevrangebyscore(ks.chains, "+inf", low, start=offset, num=_BATCH)
-        if not raw:
+    newest = _newest_first(px, low)
+    while not has_next:
+        ids = list(itertools.islice(newest, _BATCH))
+        if not ids:
             break
-        offset += len(raw)
-        ids = [i.decode() if isinstance(i, bytes) else str(i) for i in raw]
         pipe = px.r.pipeline(transaction=False)
         for cid in ids:
             pipe.hgetall(ks.chain(cid))
@@ -115,19 +116,37 @@ def list_chains(
                 has_next = True
                 break
             out.append(info)
-        if has_next or len(raw) < _BATCH:
-            break
-    if stale:
-        px.r.zrem(ks.chains, *stale)  # records that expired
+    for cid in stale:
+        px.r.zrem(ks.for_chain(cid).chains, cid)  # records that expired
     return ChainPage(out, page, per_page, has_next)
+
+
+def _newest_first(px: Pyrecks, low: float | str) -> Iterator[str]:
+    """Ids of the chains index scored from ``low``, newest first, read in batches.  On a
+    cluster every shard has its own index: their batches are merged by score."""
+
+    def one(index: str) -> Iterator[tuple[float, str]]:
+        offset = 0
+        while True:
+            raw: Any = px.r.zrevrangebyscore(
+                index, "+inf", low, start=offset, num=_BATCH, withscores=True
+            )
+            for member, score in raw:
+                yield -float(score), member.decode() if isinstance(member, bytes) else member
+            if len(raw) < _BATCH:
+                return
+            offset += len(raw)
+
+    indexes = [one(shard.chains) for shard in px.keyspace.every_shard()]
+    for _score, cid in heapq.merge(*indexes) if len(indexes) > 1 else indexes[0]:
+        yield cid
 
 
 def running_by_vm(px: Pyrecks, *, scan: int = 1000) -> dict[str, list[str]]:
     """VM name -> ids of the chains (and branches) it runs now, from the newest ``scan``
     chains of the index and the branches of those waiting on a fan-out."""
     ks = px.keyspace
-    raw: Any = px.r.zrevrange(ks.chains, 0, scan - 1)
-    ids = [i.decode() if isinstance(i, bytes) else str(i) for i in raw]
+    ids = list(itertools.islice(_newest_first(px, "-inf"), scan))
     out: dict[str, list[str]] = {}
     todo = ids
     depth = 0

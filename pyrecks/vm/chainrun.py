@@ -100,6 +100,9 @@ class ChainRun:
     #: Set when we lost the chain and Redis has it queued: our entries are handed back to
     #: the queue when it leaves (no other entry may name it; see Committer.lost).
     requeue: bool = False
+    #: Cluster only: the step whose owed effects we delivered but whose outbox entry is
+    #: still there; the chain's next commit clears it (saving DELIVERED's round trip).
+    delivered_step: str | None = None
     #: The VM the chain is pinned to ('' if none; see PIN in chainstore/scripts.py).
     pin: str = ""
 
@@ -180,7 +183,10 @@ class RedisAccess:
         self._local = threading.local()
 
     def client(self) -> redis.Redis:
-        """This thread's own connection: no pool checkout per command on the hot path."""
+        """This thread's own connection: no pool checkout per command on the hot path
+        (on a cluster: the cluster client, which routes each command to its node)."""
+        if not hasattr(self.r, "connection_pool"):
+            return self.r  # a RedisCluster: it keeps a connection pool per node itself
         client = getattr(self._local, "client", None)
         if client is None:
             client = redis.Redis(

@@ -48,6 +48,7 @@ from pyrecks.vm.config import VMConfig
 from pyrecks.vm.effects import EffectRejected, check_patterns, encode_effect
 from pyrecks.vm.failures import StepFailure
 from pyrecks.vm.groupcommit import GroupCommitter
+from pyrecks.vm.outbox import Outbox
 
 
 class Claimed:
@@ -78,6 +79,8 @@ class Committer:
         self.name = config.name
         self._patterns = effect_key_patterns
         self.group = GroupCommitter(access.client)
+        #: On a cluster, effects go through the outbox (see pyrecks/vm/outbox.py).
+        self.outbox = Outbox(store, access) if store.keyspace.sharded else None
         self.observer: Observer = NOOP  # metrics, traces (pyrecks/observe): VM.observe
 
     @property
@@ -124,9 +127,22 @@ class Committer:
             stored_call=call_text,
             stored_join=join_text,
             results=results,
-            stream=stream or self.store.keyspace.starts,
+            stream=stream or self.store.keyspace.for_chain(chain_id).starts,
             pin=pin,
         )
+        if self.outbox is not None:
+            # What a VM that died after its commit still owed lands before our next step:
+            # the chain's own last step, the fan-out step that queued this branch, the last
+            # steps of the branches this join follows.
+            owing = [chain_id, *([parent] if parent else [])]
+            if join_text:
+                owing += [f"{chain_id}.{text(index)}" for index, _value in results]
+            try:
+                for owner_id in owing:
+                    self.outbox.flush(owner_id)
+            except BaseException:
+                self.roster.done(chain_id)
+                raise
         self.roster.running(run)
         self.observer.chain_claimed(run, trace, trace_join)
         return run
@@ -303,6 +319,8 @@ class Committer:
         try:
             check_patterns(transition.effects, self._patterns())
             effects = [encode_effect(e) for e in transition.effects]
+            if self.outbox is not None and effects:
+                self.outbox.check(effects)
         except EffectRejected as exc:
             raise StepFailure("effect", str(exc)) from None
         step = run.step + 1
@@ -320,7 +338,7 @@ class Committer:
         fields: list[str] = ["step", str(step), "kernel", kernel, "updated", at]
         if run.clear_join:
             fields += ["join", ""]
-        commit = Commit(self.fence(run), at, fields, logs, effects)
+        commit = Commit(self.fence(run), at, fields, logs, effects, delivered=run.delivered_step)
         if isinstance(then, Call):
             rendered = render_call(then)
             fields += ["call", rendered]
@@ -356,6 +374,13 @@ class Committer:
                 run.pending_logs = [*run.pending_logs, *printed]
             self._refused(run, reply)
         self._advance(run, step, then)
+        run.delivered_step = None  # (this commit cleared it)
+        if self.outbox is not None and effects:
+            # A chain that goes on clears the entry with its next commit; one that ended or
+            # waits for its branches clears it now (waiters wait for it).
+            goes_on = isinstance(then, Call)
+            self.outbox.deliver(run.id, str(step), effects, clear=not goes_on)
+            run.delivered_step = str(step) if goes_on else None
 
     @staticmethod
     def _advance(run: ChainRun, step: int, then: Any) -> None:
@@ -380,9 +405,11 @@ class Committer:
             at,
             ["step", str(run.step), "call", render_call(run.call), "updated", at],
             run.pending_logs,
+            delivered=run.delivered_step,
         )
         if not self.run_fenced(self.store.commit(run.id, commit), run).ok:
             raise Lost()
+        run.delivered_step = None
         run.committed_step = run.step
         run.pending_logs = []
 

@@ -26,10 +26,12 @@ from typing import Any
 
 import redis
 
+from pyrecks.keys import Keyspace
 from pyrecks.observe import NOOP, Observer
 from pyrecks.vm.chainrun import REDIS_DOWN, ChainRun, RedisAccess, Roster, now, text
 from pyrecks.vm.chainstore import GROUP, ChainStore
 from pyrecks.vm.config import VMConfig
+from pyrecks.vm.outbox import Outbox
 from pyrecks.vm.registry import beat
 
 log = logging.getLogger("pyrecks.vm")
@@ -67,23 +69,36 @@ class StreamConsumer:
         self._waiting: set[tuple[str, str]] = set()
         self._next_housekeeping = time.monotonic() + self.config.housekeeping_every
         self.observer: Observer = NOOP  # metrics (pyrecks/observe): queue depth, Redis RTT
+        #: On a cluster: delivers effects a dead VM's commits still owe (at each beat).
+        self.outbox = Outbox(store, access) if store.keyspace.sharded else None
+        self._turn = 0  # which shard a cluster read blocks on (it rotates)
 
     @property
     def stopping(self) -> threading.Event:
         return self.access.stopping
 
     @property
-    def keyspace(self) -> Any:
+    def keyspace(self) -> Keyspace:
         return self.store.keyspace
 
     @property
-    def streams(self) -> tuple[str, ...]:
-        """Where entries come from, in the order they are served: chains to continue
-        (drained, given back, fan-out), then chains pinned to this VM (a ``pinned`` VM:
-        ``run --local``), then new starts."""
+    def shards(self) -> list[Keyspace]:
+        """One view per shard (on one Redis: the keyspace itself)."""
+        return self.keyspace.every_shard()
+
+    def shard_streams(self, shard: Keyspace) -> tuple[str, ...]:
+        """A shard's streams, in the order they are served: chains to continue (drained,
+        given back, fan-out), then chains pinned to this VM (a ``pinned`` VM: ``run
+        --local``), then new starts.  They share a slot, so one XREADGROUP reads them all."""
         if self.config.pinned:
-            return (self.keyspace.resumes, self.keyspace.pinned(self.name), self.keyspace.starts)
-        return (self.keyspace.resumes, self.keyspace.starts)
+            return (shard.resumes, shard.pinned(self.name), shard.starts)
+        return (shard.resumes, shard.starts)
+
+    @property
+    def streams(self) -> tuple[str, ...]:
+        """Every stream this VM reads (one Redis: resume, [pinned,] starts; a cluster:
+        those of every shard)."""
+        return tuple(s for shard in self.shards for s in self.shard_streams(shard))
 
     # -- start-up ---------------------------------------------------------------------------
 
@@ -95,7 +110,8 @@ class StreamConsumer:
                 if "BUSYGROUP" not in str(exc):
                     raise
         if self.config.pinned:  # listed, so that whoever outlives us removes the stream
-            self.access.r.sadd(self.keyspace.pins, self.name)
+            for shard in self.shards:
+                self.access.r.sadd(shard.pins, self.name)
 
     def queue_own_pending(self) -> None:
         """Entries this VM name left pending (a restart after a crash) resume first."""
@@ -135,7 +151,8 @@ class StreamConsumer:
             pipe.xpending_range(
                 stream, GROUP, "-", "+", 100, consumername=self.name, idle=idle_ms
             )
-        pipe.smembers(self.keyspace.pins)
+        for shard in self.shards:
+            pipe.smembers(shard.pins)
         replies = pipe.execute(raise_on_error=False)
         if any(isinstance(x, redis.ResponseError) and "NOGROUP" in str(x) for x in replies):
             self.ensure_group()  # Redis lost a stream or its group (an AOF cut back)
@@ -143,13 +160,18 @@ class StreamConsumer:
             if isinstance(reply, Exception) and not isinstance(reply, redis.ResponseError):
                 raise reply  # (a lost connection: the heartbeat loop says so and retries)
         replies = [[] if isinstance(x, redis.ResponseError) else x for x in replies]
-        pins, idle = replies[-1], replies[-1 - len(self.streams) : -1]
+        n = len(self.shards)
+        pins, idle = replies[-n:], replies[-n - len(self.streams) : -n]
         if state != "running" and self.config.pinned:
-            self.lapse(self.name, min_age=0.0)  # we stopped beating: our pins lapse now
+            for shard in self.shards:  # we stopped beating: our pins lapse now
+                self.lapse(self.name, min_age=0.0, shard=shard)
         if state == "running":
             self.take_up(dict(zip(self.streams, idle, strict=True)))
-            self.lapse_pins(sorted(text(m) for m in pins or ()))
+            for shard, names in zip(self.shards, pins, strict=True):
+                self.lapse_pins(sorted(text(m) for m in names or ()), shard)
             self.answer_asks()
+            if self.outbox is not None:
+                self.outbox.recover(self.roster.holds)
             if time.monotonic() >= self._next_housekeeping:
                 self._next_housekeeping = time.monotonic() + self.config.housekeeping_every
                 self.housekeep()
@@ -162,11 +184,13 @@ class StreamConsumer:
         would wait for this VM's restart.  The owner's epoch is read first and DISOWN is
         fenced on it, so a claim of ours racing with the answer keeps its chain.
         """
-        asks = self.keyspace.vm_asks(self.name)
-        pipe = self.access.r.pipeline(transaction=True)
-        pipe.smembers(asks)
-        pipe.delete(asks)
-        members, _ = pipe.execute()
+        members: set[Any] = set()
+        for shard in self.shards:  # (one asks set per shard on a cluster: CLAIM's slot)
+            asks = shard.vm_asks(self.name)
+            pipe = self.access.r.pipeline(transaction=True)
+            pipe.smembers(asks)
+            pipe.delete(asks)
+            members.update(pipe.execute()[0] or ())
         given: list[str] = []
         for chain_id in sorted(text(m) for m in members):
             if self.roster.holds(chain_id):
@@ -215,28 +239,31 @@ class StreamConsumer:
 
     # -- pins -------------------------------------------------------------------------------
 
-    def lapse_pins(self, names: list[str]) -> int:
+    def lapse_pins(self, names: list[str], shard: Keyspace | None = None) -> int:
         """Move the pinned chains of VMs that stopped beating to the resume stream.
 
         A pin lasts as long as its VM's heartbeat: a ``run --local`` that died (or never
         started its VM) must not strand its chains.  Checked at every heartbeat: one
         ``SMEMBERS`` in the heartbeat's pipeline, then one ``EXISTS`` per pinned VM.
         """
+        view = shard or self.keyspace
         others = [n for n in names if n != self.name]
         if not others:
             return 0
         pipe = self.access.r.pipeline(transaction=False)
         for name in others:
-            pipe.exists(self.keyspace.vm(name))
+            pipe.exists(view.vm(name))
         dead = [n for n, alive in zip(others, pipe.execute(), strict=True) if not alive]
         # A pinned start may be created a moment before its VM first beats: only entries
         # older than a lease lapse.
-        return sum(self.lapse(name, min_age=self.config.lease) for name in dead)
+        return sum(self.lapse(name, min_age=self.config.lease, shard=view) for name in dead)
 
-    def lapse(self, vm: str, *, min_age: float) -> int:
+    def lapse(self, vm: str, *, min_age: float, shard: Keyspace | None = None) -> int:
         """Move ``vm``'s pinned entries older than ``min_age`` s to the resume stream (the
-        LAPSE script does nothing if ``vm`` beats); the chains moved."""
-        raw: Any = self.access.r.xrange(self.keyspace.pinned(vm), count=500)
+        LAPSE script does nothing if ``vm`` beats); the chains moved.  ``shard``: whose
+        pinned stream (a cluster has one per shard)."""
+        view = shard or self.keyspace
+        raw: Any = self.access.r.xrange(view.pinned(vm), count=500)
         newest = (time.time() - min_age) * 1000
         entries = []
         for entry_id, fields in raw or []:
@@ -245,7 +272,7 @@ class StreamConsumer:
                 entries.append((text(entry_id), chain))
         if raw and not entries:
             return 0
-        reply = self.store.lapse(vm, entries).run()
+        reply = self.store.lapse(vm, entries, view).run()
         moved = int(reply.text(0) or 0) if reply.ok else 0
         if moved:
             self.access.say(f"{moved} chain(s) pinned to {vm} resume elsewhere: it stopped beating")
@@ -275,7 +302,7 @@ class StreamConsumer:
         Every VM may run it at the same time: each step is idempotent.
         """
         r = self.access.r
-        ks = self.keyspace
+        ks = self.keyspace.every_shard()[0]  # VM heartbeats: the first shard's copy
         wall = time.time()
         done = {"entries": 0, "consumers": 0, "vms": 0, "ids": 0}
         for stream in self.streams:
@@ -300,7 +327,7 @@ class StreamConsumer:
                 last = 0.0
             if wall - last > self.config.retention and not r.exists(ks.vm(vm_name)):
                 done["vms"] += int(r.hdel(ks.vms, vm_name))
-        for index in (ks.chains, ks.failed):
+        for index in (i for view in self.shards for i in (view.chains, view.failed)):
             old: Any = r.zrangebyscore(index, "-inf", wall - self.config.retention, 0, 500)
             if not old:
                 continue
@@ -374,6 +401,8 @@ class StreamConsumer:
         entries *per stream*: what is beyond ``count`` is handed back at once (to the resume
         stream, so it keeps its place before newer starts).
         """
+        if self.keyspace.sharded:
+            return self._read_shards(count, block_ms)
         got: Any = self.access.r.xreadgroup(
             GROUP, self.name, {self.keyspace.resumes: ">"}, count=count
         )
@@ -385,16 +414,53 @@ class StreamConsumer:
                 count=count,
                 block=block_ms,
             )
+        items = self._entries(got, self.streams)
+        self.hand_back(items[count:])
+        return items[:count]
+
+    def _read_shards(self, count: int, block_ms: int | None) -> list[Entry]:
+        """A cluster's read: every shard's streams without blocking (the first shard
+        rotates, so none is always last), then, if nothing came, a blocking read on one
+        shard for its share of ``block_ms``.  One command cannot block on several slots, so
+        a start on another shard waits at most about ``block_ms`` for its turn."""
+        self._turn += 1
+        shards = self.shards
+        first = self._turn % len(shards)
+        order = shards[first:] + shards[:first]
         items: list[Entry] = []
-        for stream in self.streams:  # resume first, whatever order Redis answered in
+        for shard in order:
+            if len(items) >= count:
+                break
+            streams = self.shard_streams(shard)
+            got: Any = self.access.r.xreadgroup(
+                GROUP, self.name, dict.fromkeys(streams, ">"), count=count - len(items)
+            )
+            items += self._entries(got, streams)
+        if not items and block_ms is not None:
+            streams = self.shard_streams(order[0])
+            got = self.access.r.xreadgroup(
+                GROUP,
+                self.name,
+                dict.fromkeys(streams, ">"),
+                count=count,
+                block=max(1, block_ms // len(order)),
+            )
+            items += self._entries(got, streams)
+        self.hand_back(items[count:])
+        return items[:count]
+
+    @staticmethod
+    def _entries(got: Any, streams: tuple[str, ...]) -> list[Entry]:
+        """XREADGROUP's answer as entries, in the order of ``streams`` (resume first)."""
+        items: list[Entry] = []
+        for stream in streams:  # resume first, whatever order Redis answered in
             for name, entries in got or []:
                 if text(name) != stream:
                     continue
                 for entry_id, fields in entries:
                     decoded = {text(k): text(v) for k, v in (fields or {}).items()}
                     items.append((stream, text(entry_id), decoded, False))
-        self.hand_back(items[count:])
-        return items[:count]
+        return items
 
     def read_loop(self) -> None:
         backoff = 0.05

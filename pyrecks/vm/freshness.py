@@ -184,3 +184,50 @@ class KernelWatch:
             if conn is not None:
                 with contextlib.suppress(Exception):
                     conn.disconnect()
+
+
+class ClusterKernelWatch:
+    """:class:`KernelWatch` on Redis Cluster: one watch per master, each asked about the
+    keys of its slots (tracking and its invalidations are per node).
+
+    The slot map decides which watch answers: a key whose slot moved to another master, or
+    to a replica promoted since the VM started, has no trusted digest there, so the VM asks
+    Redis at every step for it — never trusts a digest it cannot keep valid.  (A key that
+    MIGRATE moves away is deleted on its old master, which invalidates it there too.)
+    """
+
+    def __init__(self, cluster: Any) -> None:
+        self._cluster = cluster
+        self._watches: dict[str, KernelWatch] = {
+            node.name: KernelWatch(node.redis_connection.connection_pool)
+            for node in cluster.get_primaries()
+        }
+
+    def _for(self, key: str) -> KernelWatch | None:
+        try:
+            node = self._cluster.get_node_from_key(key)
+        except (redis.RedisError, IndexError, KeyError):
+            return None
+        return self._watches.get(node.name)
+
+    def start(self) -> ClusterKernelWatch:
+        for watch in self._watches.values():
+            watch.start()
+        return self
+
+    def stop(self) -> None:
+        for watch in self._watches.values():
+            watch.stop()
+
+    @property
+    def enabled(self) -> bool:
+        return any(watch.enabled for watch in self._watches.values())
+
+    def trusted(self, key: str) -> str | None:
+        watch = self._for(key)
+        return watch.trusted(key) if watch is not None else None
+
+    def track(self, key: str) -> None:
+        watch = self._for(key)
+        if watch is not None:
+            watch.track(key)

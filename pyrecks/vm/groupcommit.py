@@ -10,6 +10,9 @@ queued, its commit goes out at once on the leader's own thread.
 
 Each commit is still its own fenced script run, so batching changes no promise: a batch is
 not a transaction, and one chain's refused commit does not affect another's.
+
+On Redis Cluster a batch is split by master: one pipeline per master, on its own connection
+(redis-py refuses scripts in a cluster pipeline).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 
 import redis
 
+from pyrecks.cluster import is_cluster
 from pyrecks.observe import NOOP, Observer
 from pyrecks.vm.chainstore import run_script
 
@@ -98,23 +102,50 @@ class GroupCommitter:
                 (only,) = batch
                 only.result = run_script(only.script, only.keys, only.args, client)
                 return
-            pipe = client.pipeline(transaction=False)
+            if not is_cluster(client):
+                self._pipelined(client, batch, client)
+                return
+            # A cluster refuses scripts in its own pipelines: one pipeline per master, on
+            # that master's own connection, each request to the master of its first key.
+            by_node: dict[str, tuple[Any, list[_Request]]] = {}
             for request in batch:
-                pipe.evalsha(request.script.sha, len(request.keys), *request.keys, *request.args)
-            try:
-                results = pipe.execute(raise_on_error=False)
-            except redis.exceptions.NoScriptError:
-                results = [redis.exceptions.NoScriptError("NOSCRIPT")] * len(batch)
-            for request, result in zip(batch, results, strict=True):
-                if isinstance(result, redis.exceptions.NoScriptError):
-                    # Redis restarted or flushed its script cache: run this one by itself,
-                    # with its own script (EVAL, so a second flush cannot strike).
-                    request.result = run_script(request.script, request.keys, request.args, client)
-                elif isinstance(result, BaseException):
-                    request.error = result
-                else:
-                    request.result = result
+                node: Any = client.get_node_from_key(request.keys[0])  # type: ignore[attr-defined]
+                by_node.setdefault(node.name, (node, []))[1].append(request)
+            for node, requests in by_node.values():
+                self._pipelined(node.redis_connection, requests, client)
         except BaseException as exc:  # a lost connection fails the whole batch
             for request in batch:
                 if request.result is None and request.error is None:
                     request.error = exc
+
+    @staticmethod
+    def _pipelined(target: redis.Redis, batch: list[_Request], client: redis.Redis) -> None:
+        """``batch`` in one pipeline on ``target``; a request the pipeline could not run —
+        the script cache lost, or (a cluster) its slot moved or moving — runs by itself
+        through ``client``, with its own script."""
+        pipe = target.pipeline(transaction=False)
+        for request in batch:
+            pipe.evalsha(request.script.sha, len(request.keys), *request.keys, *request.args)
+        try:
+            results = pipe.execute(raise_on_error=False)
+        except redis.exceptions.NoScriptError:
+            results = [redis.exceptions.NoScriptError("NOSCRIPT")] * len(batch)
+        for request, result in zip(batch, results, strict=True):
+            if isinstance(result, _RUN_BY_ITSELF):
+                # Redis restarted or flushed its script cache (EVAL, so a second flush cannot
+                # strike), or the cluster moved the slot: the cluster client follows it.
+                request.result = run_script(request.script, request.keys, request.args, client)
+            elif isinstance(result, BaseException):
+                request.error = result
+            else:
+                request.result = result
+
+
+#: Pipeline replies after which a request is sent again by itself (see _pipelined).
+_RUN_BY_ITSELF = (
+    redis.exceptions.NoScriptError,
+    redis.exceptions.MovedError,
+    redis.exceptions.AskError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+)

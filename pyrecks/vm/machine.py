@@ -48,6 +48,7 @@ from typing import Any
 
 import redis
 
+from pyrecks.cluster import adapt, for_cluster
 from pyrecks.compiler.instructions import Call
 from pyrecks.compiler.policy import Policy
 from pyrecks.compiler.render import render_call
@@ -72,7 +73,7 @@ from pyrecks.vm.config import ISOLATION_MODES, VMConfig, default_vm_name
 from pyrecks.vm.consumer import StreamConsumer
 from pyrecks.vm.executors import KernelExecutor, ThreadExecutor
 from pyrecks.vm.failures import RETRYABLE, StepFailure, internal_failure
-from pyrecks.vm.freshness import KernelWatch
+from pyrecks.vm.freshness import ClusterKernelWatch, KernelWatch
 from pyrecks.vm.loader import KernelLoader
 from pyrecks.vm.registry import holder_of
 from pyrecks.vm.sandbox import Sandbox
@@ -94,8 +95,10 @@ class VM:
         executor: KernelExecutor | None = None,
     ) -> None:
         self.r = r
-        self.keyspace = keyspace or Keyspace()
+        self.keyspace = adapt(r, keyspace or Keyspace())
         self.config = config or VMConfig()
+        if self.keyspace.sharded:
+            self.config = for_cluster(self.config)
         if self.config.isolation not in ISOLATION_MODES:
             raise PyrecksError(
                 f"unknown isolation {self.config.isolation!r}: use one of "
@@ -118,7 +121,9 @@ class VM:
         self._delayed: list[tuple[float, int, ChainRun]] = []
         self._delay_order = itertools.count()
         self._delay_wake = threading.Condition()
-        self.watch = KernelWatch(r.connection_pool)
+        self.watch: KernelWatch | ClusterKernelWatch = (
+            ClusterKernelWatch(r) if self.keyspace.sharded else KernelWatch(r.connection_pool)
+        )
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []

@@ -47,14 +47,15 @@ def holder_of(r: redis.Redis, keyspace: Keyspace, name: str, lease: float) -> di
     the same name is a restart) and run their steps twice; the name is therefore taken
     atomically (``SET NX``) and refused while its heartbeat lives.
     """
+    home = keyspace.every_shard()[0]  # on a cluster: the first shard's copy decides
     placeholder = json.dumps({"name": name, "host": socket.gethostname(), "pid": os.getpid()})
-    if r.set(keyspace.vm(name), placeholder, nx=True, px=max(int(lease * 1000), 1)):
+    if r.set(home.vm(name), placeholder, nx=True, px=max(int(lease * 1000), 1)):
         return None
-    raw: Any = r.get(keyspace.vm(name))
+    raw: Any = r.get(home.vm(name))
     if raw is None:  # it expired just now: try once more
-        if r.set(keyspace.vm(name), placeholder, nx=True, px=max(int(lease * 1000), 1)):
+        if r.set(home.vm(name), placeholder, nx=True, px=max(int(lease * 1000), 1)):
             return None
-        raw = r.get(keyspace.vm(name)) or b"{}"
+        raw = r.get(home.vm(name)) or b"{}"
     try:
         data = json.loads(raw)
     except ValueError:
@@ -64,7 +65,7 @@ def holder_of(r: redis.Redis, keyspace: Keyspace, name: str, lease: float) -> di
     if data.get("host") == socket.gethostname() and not _running(data.get("pid")):
         # A restart after a crash on this machine: the holder is gone, its heartbeat just
         # has not expired yet.  The name (and its pending chains) resume at once.
-        r.set(keyspace.vm(name), placeholder, px=max(int(lease * 1000), 1))
+        r.set(home.vm(name), placeholder, px=max(int(lease * 1000), 1))
         return None
     return data
 
@@ -109,10 +110,13 @@ def beat(
             "state": state,
         }
     )
-    if state == "running":
-        r.set(keyspace.vm(name), record, px=max(int(lease * 1000), 1))
-    else:
-        r.delete(keyspace.vm(name))
+    # On a cluster every shard has its own copy of the heartbeat: the scripts that check
+    # whether a VM lives (CLAIM, LAPSE) run in a shard's slot.
+    for shard in keyspace.every_shard():
+        if state == "running":
+            r.set(shard.vm(name), record, px=max(int(lease * 1000), 1))
+        else:
+            r.delete(shard.vm(name))
     r.hset(keyspace.vms, name, record)
 
 
@@ -121,8 +125,9 @@ def list_vms(r: redis.Redis, keyspace: Keyspace) -> list[VMInfo]:
     raw: Any = r.hgetall(keyspace.vms)
     names = sorted(k.decode() for k in raw)
     pipe = r.pipeline(transaction=False)
+    home = keyspace.every_shard()[0]
     for name in names:
-        pipe.exists(keyspace.vm(name))
+        pipe.exists(home.vm(name))
     alive = dict(zip(names, pipe.execute(), strict=True))
     out = []
     for key, value in raw.items():

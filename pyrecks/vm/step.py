@@ -25,7 +25,7 @@ from pyrecks.vm.committer import Committer
 from pyrecks.vm.convert import ArgumentError, RedisValue, convert
 from pyrecks.vm.executors import KernelExecutor
 from pyrecks.vm.failures import StepFailure
-from pyrecks.vm.freshness import KernelWatch
+from pyrecks.vm.freshness import ClusterKernelWatch, KernelWatch
 from pyrecks.vm.inputs import check_inputs, refused_input
 from pyrecks.vm.loader import KernelLoader, LoadedKernel
 from pyrecks.vm.output import StepOutput
@@ -40,7 +40,7 @@ class StepRunner:
         access: RedisAccess,
         committer: Committer,
         loader: KernelLoader,
-        watch: KernelWatch,
+        watch: KernelWatch | ClusterKernelWatch,
         executor: Callable[[], KernelExecutor],
         policy: Callable[[], Policy],
         echo: bool,
@@ -153,8 +153,8 @@ class StepRunner:
         run.asked = True
         check_inputs(call.name, refs, self._policy().input_key_patterns)
         rc = self.access.client()
-        invocation = self.store.prepare(call.name, refs, known, self._sha1_of(call.name))
-        prep = self.access.retrying(lambda: invocation.run(rc))
+        sha1 = self._sha1_of(call.name)
+        prep = self.access.retrying(lambda: self.store.load(call.name, refs, known, sha1, rc))
         if prep.status == "refused":
             raise StepFailure("input", refused_input(call.name, prep.text(0), prep.text(1)))
         try:

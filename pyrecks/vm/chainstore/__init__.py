@@ -12,6 +12,8 @@ The contract, for every script:
   fan-out branches and of the parent, the starts stream, and every effect's target key.
   No key name travels in ARGV or inside a payload (and none is derived inside a script), so
   Redis Cluster can route each call; payloads refer to variable keys by their index in KEYS.
+  (On a cluster COMMIT *stores* the effects a step owes — key names as data, touched by
+  APPLY later, where they are KEYS: see :mod:`pyrecks.vm.outbox`.)
 * **ARGV** carries values only.  Fenced scripts take one msgpack payload built from the
   dataclasses below (all leaves already strings, so a script never has to guess how Python
   meant a number), then what is the same for every call (prefixes, limits).
@@ -36,13 +38,16 @@ import msgpack
 import redis
 from redis.commands.core import Script
 
+from pyrecks.cluster import adapt
 from pyrecks.keys import Keyspace
 from pyrecks.vm.chainstore.scripts import (
     ACK,
+    APPLY,
     CANCEL,
     CLAIM,
     COMMIT,
     CREATE,
+    DELIVERED,
     DISOWN,
     END_TTL,
     FAIL,
@@ -52,6 +57,7 @@ from pyrecks.vm.chainstore.scripts import (
     LAPSE,
     PIN,
     PREPARE,
+    READ,
     RELEASE,
     RETRY,
     TRACE,
@@ -141,6 +147,16 @@ def pack(payload: dict[str, Any]) -> bytes:
     return msgpack.packb(payload, use_bin_type=False)
 
 
+def pack_effects(effects: list[list[bytes]]) -> bytes:
+    """Effects owed by a commit on a cluster, as the record's ``owed`` field keeps them."""
+    return msgpack.packb(effects, use_bin_type=True)
+
+
+def unpack_effects(raw: bytes) -> list[list[bytes]]:
+    out: list[list[bytes]] = msgpack.unpackb(raw, raw=True)
+    return out
+
+
 # ---------------------------------------------------------------------------------------
 # Payloads
 
@@ -185,6 +201,9 @@ class Commit:
     done: str | None = None
     branch_of: BranchOf | None = None
     trace: str | None = None
+    #: Cluster only: a step whose owed effects were delivered; its outbox entry goes with
+    #: this commit (unless this commit owes effects itself, which replaces it anyway).
+    delivered: str | None = None
 
 
 @dataclass
@@ -211,7 +230,7 @@ class ChainStore:
         max_log: int = 10_000,
     ) -> None:
         self.r = r
-        self.keyspace = keyspace or Keyspace()
+        self.keyspace = adapt(r, keyspace or Keyspace())
         self.retention = retention
         self.max_log = max_log
         self._create = r.register_script(CREATE)
@@ -227,6 +246,9 @@ class ChainStore:
         self._hand_back = r.register_script(HAND_BACK)
         self._lapse = r.register_script(LAPSE)
         self._give = r.register_script(GIVE)
+        self._read = r.register_script(READ)
+        self._apply = r.register_script(APPLY)
+        self._delivered = r.register_script(DELIVERED)
 
     # -- starting and managing chains (API and VM) ----------------------------------------
 
@@ -246,11 +268,11 @@ class ChainStore:
         ``pin`` names the only VM that may run it while that VM beats (``run --local``):
         its start goes to that VM's pinned stream instead of the starts stream.
         """
-        ks = self.keyspace
-        keys = [ks.chain(chain_id), ks.chains, ks.starts, ks.ended(chain_id), ks.failed]
+        ks, sk = self.keyspace, self.keyspace.for_chain(chain_id)
+        keys = [ks.chain(chain_id), sk.chains, sk.starts, ks.ended(chain_id), sk.failed]
         if pin:
-            keys[2] = ks.pinned(pin)
-            keys.append(ks.pins)
+            keys[2] = sk.pinned(pin)
+            keys.append(sk.pins)
         return Invocation(
             self._create,
             keys,
@@ -276,8 +298,8 @@ class ChainStore:
         )
 
     def retry(self, chain_id: str, parent: str | None, now: str) -> Invocation:
-        ks = self.keyspace
-        keys = [ks.chain(chain_id), ks.log(chain_id), ks.starts, ks.failed, ks.ended(chain_id)]
+        ks, sk = self.keyspace, self.keyspace.for_chain(chain_id)
+        keys = [ks.chain(chain_id), ks.log(chain_id), sk.starts, sk.failed, ks.ended(chain_id)]
         if parent:
             keys.append(ks.chain(parent))
         return Invocation(self._retry, keys, [now, chain_id, parent or ""])
@@ -301,16 +323,16 @@ class ChainStore:
         is stored as the chain's TRACE if it has none (the reply gives the one stored).
         ``pin`` is the VM we believe the chain pinned to ('' if none): its heartbeat is
         key 5 (a wrong guess is answered ``pin`` with the right one)."""
-        ks = self.keyspace
+        ks, sk = self.keyspace, self.keyspace.for_chain(chain_id)
         who = owner or claimer
         return Invocation(
             self._claim,
             [
                 ks.chain(chain_id),
                 ks.results(chain_id),
-                ks.vm(who),
-                ks.vm_asks(who),
-                ks.vm(pin or claimer),
+                sk.vm(who),
+                sk.vm_asks(who),
+                sk.vm(pin or claimer),
             ],
             [
                 *(claimer, now, "reclaim" if reclaim else "new", owner, chain_id),
@@ -326,25 +348,84 @@ class ChainStore:
             self._prepare, keys, [digest, source_sha1, ks.internal_prefix, ks.kernel_prefix]
         )
 
+    def read(self, keys: list[str]) -> Invocation:
+        """The value of each key, as PREPARE gives an ``@key`` (keys of one slot)."""
+        ks = self.keyspace
+        return Invocation(self._read, keys, [ks.internal_prefix, ks.kernel_prefix])
+
+    def load(
+        self, kernel: str, refs: list[str], digest: str, source_sha1: str, client: Any
+    ) -> Reply:
+        """PREPARE's reply.  On a cluster the ``@key`` arguments live in other slots than
+        the kernel: PREPARE reads the kernel, READ each key (one call per key), and the
+        reply is put together as one PREPARE would give it.  (So on a cluster the inputs of
+        one step are not read at one instant; each is at least as new as the last commit
+        the step follows.)"""
+        if not self.keyspace.sharded or not refs:
+            return self.prepare(kernel, refs, digest, source_sha1).run(client)
+        head = self.prepare(kernel, [], digest, source_sha1).run(client)
+        if not head.ok:
+            return head
+        values = []
+        for ref in refs:
+            read = self.read([ref]).run(client)
+            if not read.ok:  # refused: a pyrecks key or a kernel
+                return read
+            values.append(read.values[0])
+        return Reply(head.status, (*head.values, *values))
+
+    def apply(self, marker: str, effects: list[list[bytes]], mode: str) -> Invocation:
+        """Deliver (``mode`` "apply") or check ("check") effects on keys of one slot (see
+        APPLY): the outbox's half of a step's effects on a cluster."""
+        keys = _Keys(marker)
+        packed = [[e[0], keys.ref(_s(e[1])), *e[2:]] for e in effects]
+        return Invocation(
+            self._apply,
+            keys.keys,
+            [
+                msgpack.packb(packed, use_bin_type=False),
+                mode,
+                self.keyspace.internal_prefix,
+                self.keyspace.kernel_prefix,
+                str(self.retention),
+            ],
+        )
+
+    def delivered(self, chain_id: str, step: str) -> Invocation:
+        """Step ``step``'s owed effects are applied: its outbox entry goes."""
+        ks = self.keyspace
+        keys = [ks.chain(chain_id), ks.for_chain(chain_id).outbox, ks.ended(chain_id)]
+        return Invocation(self._delivered, keys, [chain_id, step])
+
     def commit(self, chain_id: str, commit: Commit, *, pinned_to: str = "") -> Invocation:
         """``pinned_to``: the committing VM, if the chain is pinned to it (its branches and
         its join then go to that VM's pinned stream, not the shared resume stream)."""
-        ks = self.keyspace
+        ks, sk = self.keyspace, self.keyspace.for_chain(chain_id)
         keys = _Keys(
             ks.chain(chain_id),
             ks.log(chain_id),
-            ks.kernels,
+            sk.outbox if ks.sharded else ks.kernels,
             ks.ended(chain_id),
             ks.results(chain_id),
-            ks.pinned(pinned_to) if pinned_to else ks.resumes,
+            sk.pinned(pinned_to) if pinned_to else sk.resumes,
         )
         payload: dict[str, Any] = {
             **commit.fence.fields(),
             "now": commit.now,
             "fields": commit.fields,
             "logs": commit.logs,
-            "effects": [[e[0], keys.ref(_s(e[1])), *e[2:]] for e in commit.effects],
+            "effects": [],
         }
+        if ks.sharded and commit.effects:
+            # A cluster: effect keys live in other slots.  The commit records what it owes
+            # (the outbox); APPLY delivers it in each target's slot (pyrecks/vm/outbox.py).
+            step = dict(zip(commit.fields[::2], commit.fields[1::2], strict=True))["step"]
+            owed = pack_effects(commit.effects)
+            payload["owed"] = {"id": chain_id, "step": step, "effects": owed}
+        else:
+            payload["effects"] = [[e[0], keys.ref(_s(e[1])), *e[2:]] for e in commit.effects]
+        if ks.sharded and commit.delivered is not None:
+            payload["delivered"] = {"id": chain_id, "step": commit.delivered}
         if commit.fanout is not None:
             payload["id"] = chain_id
             payload["fanout"] = [
@@ -382,7 +463,7 @@ class ChainStore:
             ks.log(chain_id),
             ks.ended(chain_id),
             ks.results(chain_id),
-            ks.failed,
+            ks.for_chain(chain_id).failed,
         ]
         payload: dict[str, Any] = {
             **failure.fence.fields(),
@@ -401,13 +482,15 @@ class ChainStore:
         ks = self.keyspace
         return Invocation(
             self._release,
-            [ks.chain(chain_id), ks.resumes],
+            [ks.chain(chain_id), ks.for_chain(chain_id).resumes],
             [pack({**fence.fields(), "now": now})],
         )
 
     def disown(self, chain_id: str, owner: str, epoch: str, now: str) -> Invocation:
         ks = self.keyspace
-        return Invocation(self._disown, [ks.chain(chain_id), ks.resumes], [owner, epoch, now])
+        return Invocation(
+            self._disown, [ks.chain(chain_id), ks.for_chain(chain_id).resumes], [owner, epoch, now]
+        )
 
     def ack(self, stream: str, consumer: str, entry_ids: list[str]) -> Invocation:
         return Invocation(self._ack, [stream], [GROUP, consumer, *entry_ids])
@@ -417,20 +500,24 @@ class ChainStore:
     ) -> Invocation:
         """Copies to the resume stream (or to VM ``to_pin``'s pinned stream), originals
         acknowledged: of the entries ``consumer`` holds only."""
-        target = self.keyspace.pinned(to_pin) if to_pin else self.keyspace.resumes
+        sk = self.keyspace.view_of(stream)  # on a cluster: the stream's own shard
+        target = sk.pinned(to_pin) if to_pin else sk.resumes
         return Invocation(self._hand_back, [stream, target], [GROUP, consumer, *entry_ids])
 
     def give(self, stream: str, consumer: str, to: str, entry_id: str) -> Invocation:
         """Give ``entry_id`` (if ``consumer`` holds it) to consumer ``to``."""
         return Invocation(self._give, [stream], [GROUP, consumer, to, entry_id])
 
-    def lapse(self, vm: str, entries: list[tuple[str, str]]) -> Invocation:
+    def lapse(
+        self, vm: str, entries: list[tuple[str, str]], shard: Keyspace | None = None
+    ) -> Invocation:
         """Move the ``(entry id, chain id)`` entries of dead VM ``vm``'s pinned stream to
-        the resume stream (nothing if ``vm`` beats again)."""
-        ks = self.keyspace
+        the resume stream (nothing if ``vm`` beats again); ``shard``: whose pinned stream
+        (on a cluster every shard has its own)."""
+        ks, sk = self.keyspace, shard or self.keyspace
         return Invocation(
             self._lapse,
-            [ks.pinned(vm), ks.resumes, ks.vm(vm), ks.pins, *(ks.chain(c) for _e, c in entries)],
+            [sk.pinned(vm), sk.resumes, sk.vm(vm), sk.pins, *(ks.chain(c) for _e, c in entries)],
             [GROUP, vm, str(len(entries)), *(e for e, _c in entries)],
         )
 
@@ -449,5 +536,7 @@ __all__ = [
     "Invocation",
     "Reply",
     "pack",
+    "pack_effects",
     "run_script",
+    "unpack_effects",
 ]

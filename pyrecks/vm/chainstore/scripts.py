@@ -157,9 +157,7 @@ PREPARE = (
     + """
 local prefix, kprefix = ARGV[3], ARGV[4]
 for i = 2, #KEYS do
-  local k = KEYS[i]
-  if string.sub(k, 1, string.len(prefix)) == prefix then return {'refused', k, 'internal'} end
-  if holds_kernel(k, kprefix) then return {'refused', k, 'kernel'} end
+  REFUSE_KEY
 end
 local out = {'ok'}
 local t = redis.call('TYPE', KEYS[1])['ok']
@@ -177,18 +175,45 @@ else
   out[2] = t; out[3] = ''
 end
 for i = 2, #KEYS do
-  local k = KEYS[i]
+  READ_KEY
+end
+return out
+"""
+)
+
+# KEYS: the keys to read (on a cluster, the ``@key`` arguments of one slot: PREPARE reads
+# only those in its kernel's slot).  ARGV: the internal key prefix, the kernel prefix.
+# Reply: {'ok', {type, data} per key}, or {'refused', key, why}, as PREPARE gives them.
+READ = (
+    _lua_kernel_keys()
+    + """
+local prefix, kprefix = ARGV[1], ARGV[2]
+for i = 1, #KEYS do
+  REFUSE_KEY
+end
+local out = {'ok'}
+for i = 1, #KEYS do
+  READ_KEY
+end
+return out
+"""
+)
+
+# An @key may not name a pyrecks key nor a kernel: the keys effects may not write either.
+_REFUSE_KEY = """local k = KEYS[i]
+  if string.sub(k, 1, string.len(prefix)) == prefix then return {'refused', k, 'internal'} end
+  if holds_kernel(k, kprefix) then return {'refused', k, 'kernel'} end"""
+
+_READ_KEY = """local k = KEYS[i]
   local kt = redis.call('TYPE', k)['ok']
   if kt == 'string' then out[#out + 1] = {kt, redis.call('GET', k)}
   elseif kt == 'hash' then out[#out + 1] = {kt, redis.call('HGETALL', k)}
   elseif kt == 'list' then out[#out + 1] = {kt, redis.call('LRANGE', k, 0, -1)}
   elseif kt == 'set' then out[#out + 1] = {kt, redis.call('SMEMBERS', k)}
   elseif kt == 'zset' then out[#out + 1] = {kt, redis.call('ZRANGE', k, 0, -1, 'WITHSCORES')}
-  else out[#out + 1] = {kt, ''} end
-end
-return out
-"""
-)
+  else out[#out + 1] = {kt, ''} end"""
+PREPARE = PREPARE.replace("REFUSE_KEY", _REFUSE_KEY).replace("READ_KEY", _READ_KEY)
+READ = READ.replace("REFUSE_KEY", _REFUSE_KEY).replace("READ_KEY", _READ_KEY)
 
 # Shared fence: the caller must own the chain at the step it read.
 _FENCE = """
@@ -229,33 +254,22 @@ def _lua_key_types() -> str:
     return f"local KEY_TYPES = {{{pairs}}}\n"
 
 
-# KEYS: chain, log, kernels set, end stream, results, resume stream (the committing VM's
-# pinned stream for a chain pinned to it: its branches and join stay with it), then the keys
-# the payload refers to by index (parent chain and results, branch chains, effect keys).
-# A fan-out's branches inherit the chain's PIN.
-# ARGV: msgpack Commit payload, the internal key prefix, the log's max length, the
-# retention of finished chains, the kernel prefix.  What is the same for every commit
-# travels as plain arguments, not in the payload, so Redis does not decode it each step.
-# A fan-out's payload may carry ``trace`` (the fan-out step's traceparent): it becomes the
-# branches' TRACE and the chain's TRACE_JOIN.
-# Reply: {'ok'}, {'fenced', status} or {'rejected', reason}.
-COMMIT = (
-    _FENCE
-    + "local maxlog, retention = ARGV[3], ARGV[4]\n"
-    + _lua_key_types()
+_EFFECT_CHECK = (
+    _lua_key_types()
     + _lua_kernel_keys()
-    + _EXPIRE_FINISHED
     + """
-local prefix, kprefix = ARGV[2], ARGV[5]
-for _, e in ipairs(p.effects) do
-  local cmd, key = e[1], KEYS[tonumber(e[2])]
+local function effect_problem(e, key, prefix, kprefix, kernels)
+  -- Why effect e (on key) may not be applied, or nil.  kernels: the kernels set, if the
+  -- script can see it (not on a cluster, where it lives in another slot: there the key's
+  -- own content tells a kernel record, compiled or seed-style).
+  local cmd = e[1]
   if string.sub(key, 1, string.len(prefix)) == prefix then
-    return {'rejected', cmd .. ' ' .. key .. ': keys starting with "' .. prefix ..
-            '" belong to pyrecks and cannot be written by effects'}
+    return cmd .. ' ' .. key .. ': keys starting with "' .. prefix ..
+           '" belong to pyrecks and cannot be written by effects'
   end
-  if redis.call('SISMEMBER', KEYS[3], key) == 1 then
-    return {'rejected', cmd .. ' ' .. key .. ': "' .. key .. '" is a kernel record; ' ..
-            'kernels change only through pyrecksc compile'}
+  if kernels and redis.call('SISMEMBER', kernels, key) == 1 then
+    return cmd .. ' ' .. key .. ': "' .. key .. '" is a kernel record; ' ..
+           'kernels change only through pyrecksc compile'
   end
   local t = redis.call('TYPE', key)['ok']
   local want = KEY_TYPES[cmd]
@@ -263,12 +277,11 @@ for _, e in ipairs(p.effects) do
   if t == 'hash' and redis.call('HEXISTS', key, 'source') == 1 and (
       redis.call('HEXISTS', key, 'digest') == 1
       or (name and looks_like_kernel(redis.call('HGET', key, 'source'), name))) then
-    return {'rejected', cmd .. ' ' .. key .. ': "' .. key .. '" is a kernel record; ' ..
-            'kernels change only through pyrecksc compile'}
+    return cmd .. ' ' .. key .. ': "' .. key .. '" is a kernel record; ' ..
+           'kernels change only through pyrecksc compile'
   end
   if t ~= 'none' and want ~= 'any' and t ~= want then
-    return {'rejected', cmd .. ' ' .. key .. ': the key holds a ' .. t ..
-            ' but ' .. cmd .. ' needs a ' .. want}
+    return cmd .. ' ' .. key .. ': the key holds a ' .. t .. ' but ' .. cmd .. ' needs a ' .. want
   end
   if name then
     -- Effects may not create what the VM would take for a kernel either.
@@ -278,26 +291,61 @@ for _, e in ipairs(p.effects) do
       for i = 3, #e - 1, 2 do if e[i] == 'source' then made = e[i + 1] end end
     end
     if made and looks_like_kernel(made, name) then
-      return {'rejected', cmd .. ' ' .. key .. ': the value is the source of a kernel ' ..
-              'named "' .. name .. '"; kernels are stored only through pyrecksc compile'}
+      return cmd .. ' ' .. key .. ': the value is the source of a kernel ' ..
+             'named "' .. name .. '"; kernels are stored only through pyrecksc compile'
     end
   end
   if t == 'string' then
     local value = redis.call('GET', key)
     if name and looks_like_kernel(value, name) then
-      return {'rejected', cmd .. ' ' .. key .. ': "' .. key .. '" holds the source of a ' ..
-              'kernel stored as a plain string (the seed way); ' ..
-              'kernels change only through pyrecksc compile'}
+      return cmd .. ' ' .. key .. ': "' .. key .. '" holds the source of a ' ..
+             'kernel stored as a plain string (the seed way); ' ..
+             'kernels change only through pyrecksc compile'
     end
     if (cmd == 'INCRBY' or cmd == 'INCRBYFLOAT') and tonumber(value) == nil then
-      return {'rejected', cmd .. ' ' .. key .. ': the key does not hold a number'}
+      return cmd .. ' ' .. key .. ': the key does not hold a number'
     end
   end
+  return nil
+end
+"""
+)
+
+# KEYS: chain, log, kernels set (on a cluster: the shard's outbox), end stream, results,
+# resume stream (the committing VM's
+# pinned stream for a chain pinned to it: its branches and join stay with it), then the keys
+# the payload refers to by index (parent chain and results, branch chains, effect keys).
+# A fan-out's branches inherit the chain's PIN.
+# ARGV: msgpack Commit payload, the internal key prefix, the log's max length, the
+# retention of finished chains, the kernel prefix.  What is the same for every commit
+# travels as plain arguments, not in the payload, so Redis does not decode it each step.
+# A fan-out's payload may carry ``trace`` (the fan-out step's traceparent): it becomes the
+# branches' TRACE and the chain's TRACE_JOIN.  On a cluster, ``owed`` (the effects this step
+# owes, see APPLY) is recorded in the record and the chain listed in the outbox (KEYS[3]);
+# ``delivered`` (a step whose owed effects were delivered) clears its outbox entry.
+# Reply: {'ok'}, {'fenced', status} or {'rejected', reason}.
+COMMIT = (
+    _FENCE
+    + "local maxlog, retention = ARGV[3], ARGV[4]\n"
+    + _EFFECT_CHECK
+    + _EXPIRE_FINISHED
+    + """
+local prefix, kprefix = ARGV[2], ARGV[5]
+for _, e in ipairs(p.effects) do
+  local why = effect_problem(e, KEYS[tonumber(e[2])], prefix, kprefix, KEYS[3])
+  if why then return {'rejected', why} end
 end
 for _, e in ipairs(p.effects) do
   redis.call(e[1], KEYS[tonumber(e[2])], unpack(e, 3))
 end
 if #p.fields > 0 then redis.call('HSET', chain, unpack(p.fields)) end
+if p.owed then
+  redis.call('HSET', chain, 'owed', p.owed.effects, 'owed_step', p.owed.step)
+  redis.call('SADD', KEYS[3], p.owed.id)
+elseif p.delivered and redis.call('HGET', chain, 'owed_step') == p.delivered.step then
+  redis.call('HDEL', chain, 'owed', 'owed_step')
+  redis.call('SREM', KEYS[3], p.delivered.id)
+end
 """
     + _LOG
     + """
@@ -510,3 +558,52 @@ if type(held) ~= 'table' or #held == 0 then return {'ok', 0} end
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[4], 'JUSTID')
 return {'ok', 1}
 """
+
+# KEYS: the marker of this delivery (``Keyspace.applied`` of the first key + chain:step: it
+# hashes to the keys' slot), then the effect keys of one slot.
+# ARGV: msgpack effects (each key as its index in KEYS), mode ("check": only say whether they
+# may apply; "apply"), the internal key prefix, the kernel prefix, the marker's lifetime (s).
+# The outbox's delivery on a cluster (pyrecks/vm/outbox.py): applies a committed step's
+# effects on the keys of one slot, all or none, at most once — the marker says they were.
+# The same checks as COMMIT's (but for the kernels set, which lives in another slot).
+# Reply: {'ok'}, {'applied'} (already, by this or another VM) or {'rejected', reason}.
+APPLY = (
+    _EFFECT_CHECK
+    + """
+local mode = ARGV[2]
+if mode == 'apply' and redis.call('EXISTS', KEYS[1]) == 1 then return {'applied'} end
+local effects = cmsgpack.unpack(ARGV[1])
+for _, e in ipairs(effects) do
+  local why = effect_problem(e, KEYS[tonumber(e[2])], ARGV[3], ARGV[4], nil)
+  if why then
+    if mode == 'apply' then redis.call('SET', KEYS[1], 'rejected', 'EX', ARGV[5]) end
+    return {'rejected', why}
+  end
+end
+if mode ~= 'apply' then return {'ok'} end
+for _, e in ipairs(effects) do
+  redis.call(e[1], KEYS[tonumber(e[2])], unpack(e, 3))
+end
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[5])
+return {'ok'}
+"""
+)
+
+# KEYS: chain, its shard's outbox, its end stream.  ARGV: chain id, the step whose effects
+# were delivered.
+# The outbox entry of a delivered step goes (not a later step's: fenced on owed_step).  A
+# chain that has ended gets a second entry on its end stream: waiters (Pyrecks.wait) return
+# only once its last step's effects have landed.
+# Reply: {'ok'}.
+DELIVERED = """
+if redis.call('HGET', KEYS[1], 'owed_step') == ARGV[2] then
+  redis.call('HDEL', KEYS[1], 'owed', 'owed_step')
+  local st = redis.call('HGET', KEYS[1], 'status')
+  if st == 'done' or st == 'failed' or st == 'cancelled' then
+    redis.call('XADD', KEYS[3], 'MAXLEN', '1', '*', 'status', st)
+    redis.call('EXPIRE', KEYS[3], END_TTL)
+  end
+end
+if redis.call('HEXISTS', KEYS[1], 'owed') == 0 then redis.call('SREM', KEYS[2], ARGV[1]) end
+return {'ok'}
+""".replace("END_TTL", str(END_TTL))
