@@ -132,7 +132,7 @@ class _Cell:
         write_frame(self.fd, ["ready"])
         while True:
             try:
-                message = read_frame(self.fd, limit=MAX_VM_FRAME)
+                message = read_frame(self.fd, limit=MAX_VM_FRAME, trusted=True)
             except ChannelClosed:
                 return
             if message[0] != "run":

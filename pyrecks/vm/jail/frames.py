@@ -29,6 +29,18 @@ MAX_CELL_FRAME = 5 * 1024 * 1024
 #: Frames the VM sends (arguments, bytecode) may be larger: they are trusted.
 MAX_VM_FRAME = 512 * 1024 * 1024
 
+#: The shape of every frame a cell or the zygote sends: a short array of strings and
+#: integers (``["line", text]``, ``["ok", text]``, ``["error", kind, message, tb]``,
+#: ``["forked", pid]`` …), never a map, bytes or an extension.  msgpack's own limits scale
+#: with the buffer, so without these a 5 MB frame of one-byte empty maps made the VM build
+#: five million dicts (about 370 MB) before any shape check ran.
+UNTRUSTED_SHAPE: dict[str, int] = {
+    "max_array_len": 8,
+    "max_map_len": 0,
+    "max_bin_len": 0,
+    "max_ext_len": 0,
+}
+
 
 class ChannelClosed(Exception):
     """The other end closed the channel (or died)."""
@@ -81,11 +93,15 @@ def _read_exactly(fd: int, count: int, deadline: float | None) -> bytes:
     return b"".join(chunks)
 
 
-def read_frame(fd: int, *, limit: int, deadline: float | None = None) -> list[Any]:
+def read_frame(
+    fd: int, *, limit: int, deadline: float | None = None, trusted: bool = False
+) -> list[Any]:
     """Read one frame; ``TimeoutError`` if ``deadline`` (monotonic) passes first.
 
     A frame that says it is larger than ``limit`` is refused *before* it is read, so a
-    hostile cell cannot make the VM allocate what it likes.
+    hostile cell cannot make the VM allocate what it likes; an untrusted frame (from a cell
+    or the zygote) is decoded under :data:`UNTRUSTED_SHAPE`, so its size in memory stays
+    near its size on the wire.  ``trusted``: a frame the VM sent (read by a cell).
     """
     (size,) = _HEADER.unpack(_read_exactly(fd, _HEADER.size, deadline))
     if size > limit:
@@ -97,6 +113,7 @@ def read_frame(fd: int, *, limit: int, deadline: float | None = None) -> list[An
             raw=False,
             strict_map_key=True,
             use_list=True,
+            **({} if trusted else UNTRUSTED_SHAPE),
         )
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         # UnicodeDecodeError is a ValueError: invalid UTF-8 ends up here.
