@@ -152,3 +152,29 @@ def test_the_vm_role_allows_every_command_the_chain_store_scripts_call() -> None
         *(_commands_called_by(s) for s in (scripts.CREATE, scripts.CANCEL, scripts.RETRY))
     )
     assert client_called - set(CLIENT_COMMANDS) == {"sadd"}
+
+
+def test_pyrecks_redis_cli_passes_the_password_outside_its_arguments(
+    acl_server: RedisServer,
+) -> None:
+    """A password in redis-cli's argv is readable by every local user (``ps``): it travels
+    in the child's environment (REDISCLI_AUTH), and the attached redis-cli still logs in."""
+    import shutil
+
+    from pyrecks.cli.embedded_cmds import cli_arguments
+
+    url = _url(acl_server, "px-client", "client-pw")
+    args, env = cli_arguments(redis.Redis.from_url(url))
+    assert "client-pw" not in " ".join(args)
+    assert env == {"REDISCLI_AUTH": "client-pw"}
+    assert args[-2:] == ["--user", "px-client"]
+    if shutil.which("redis-cli") is None and shutil.which("valkey-cli") is None:
+        pytest.skip("no redis-cli on PATH to attach (the built-in one takes no argv)")
+    done = subprocess.run(
+        [sys.executable, "-m", "pyrecks", "redis-cli", "--redis", url, "PING"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "PONG"

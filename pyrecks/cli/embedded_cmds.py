@@ -12,6 +12,7 @@ the same names).
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -238,24 +239,33 @@ def external_cli() -> str | None:
     return None
 
 
-def cli_arguments(client: redis.Redis) -> list[str]:
-    """redis-cli options reaching the same server as ``client``."""
-    kw = client.connection_pool.connection_kwargs
-    if kw.get("path"):
-        args = ["-s", str(kw["path"])]
+def cli_arguments(client: Any) -> tuple[list[str], dict[str, str]]:
+    """redis-cli options reaching the same server as ``client``, and the environment the
+    password travels in (``REDISCLI_AUTH``: an argument would show in every local user's
+    ``ps``).  On a cluster: the node pyrecks talks to first, with ``-c`` to follow
+    redirections."""
+    env: dict[str, str] = {}
+    if isinstance(client, redis.RedisCluster):
+        node = client.get_default_node()
+        kw = client.get_connection_kwargs()
+        args = ["-c", "-h", str(node.host), "-p", str(node.port)]
     else:
-        args = ["-h", str(kw.get("host", "127.0.0.1")), "-p", str(kw.get("port", 6379))]
-    if kw.get("db"):
-        args += ["-n", str(kw["db"])]
+        kw = client.connection_pool.connection_kwargs
+        if kw.get("path"):
+            args = ["-s", str(kw["path"])]
+        else:
+            args = ["-h", str(kw.get("host", "127.0.0.1")), "-p", str(kw.get("port", 6379))]
+        if kw.get("db"):
+            args += ["-n", str(kw["db"])]
     if kw.get("username"):
         args += ["--user", str(kw["username"])]
     if kw.get("password"):
-        args += ["-a", str(kw["password"]), "--no-auth-warning"]
+        env["REDISCLI_AUTH"] = str(kw["password"])
     if "ssl_ca_certs" in kw or kw.get("connection_class") is redis.SSLConnection:
         args.append("--tls")
         if kw.get("ssl_ca_certs"):
             args += ["--cacert", str(kw["ssl_ca_certs"])]
-    return args
+    return args, env
 
 
 def attach(redis_url: str | None, args: Sequence[str], builtin: bool) -> None:
@@ -265,9 +275,9 @@ def attach(redis_url: str | None, args: Sequence[str], builtin: bool) -> None:
     exe = None if builtin else external_cli()
     if exe is not None:
         client = connect(redis_url)
-        cmd = [exe, *cli_arguments(client), *args]
+        options, env = cli_arguments(client)
         client.close()
-        raise SystemExit(subprocess.call(cmd))
+        raise SystemExit(subprocess.call([exe, *options, *args], env={**os.environ, **env}))
     client = _raw_client(redis_url)
     if args:
         out = run_command(client, list(args))
