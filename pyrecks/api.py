@@ -33,7 +33,7 @@ from pyrecks.compiler.parser import parse_value
 from pyrecks.compiler.render import render_call
 from pyrecks.connection import connect as connect_redis
 from pyrecks.errors import ChainNotFound, PyrecksError
-from pyrecks.keys import Keyspace
+from pyrecks.keys import Keyspace, chain_id_problem
 from pyrecks.logstream import LogReader
 from pyrecks.vm.chainstore import ChainStore
 from pyrecks.vm.config import default_vm_name
@@ -85,10 +85,10 @@ class RunningStep:
 
 
 def _valid_chain_id(chain_id: str) -> str:
-    if not chain_id or "." in chain_id or "{" in chain_id or "}" in chain_id:
+    problem = chain_id_problem(chain_id)
+    if problem:
         raise PyrecksError(
-            f"invalid chain id {chain_id!r}: use letters, digits, '-' or '_' "
-            "('.', '{' and '}' are reserved for fan-out branches and hash tags)"
+            f"{problem} ('.', '{{' and '}}' are reserved for fan-out branches and hash tags)"
         )
     return chain_id
 

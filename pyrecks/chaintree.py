@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyrecks.api import Pyrecks
+from pyrecks.display import one_line
 from pyrecks.errors import ChainNotFound
 from pyrecks.vm.records import ChainInfo, ChainStatus, LogEntry
 
@@ -434,12 +435,14 @@ def render_text(
     """The tree as indented text lines (``pyrecks tree``); ``limit`` elides long chains."""
 
     def paint(text: str, status: str) -> str:
+        text = one_line(text)  # from Redis: a terminal must not obey it (pyrecks.display)
         if not color or style is None:
             return text
         return str(style(text, fg=STATUS_COLORS.get(status)))
 
     lines: list[str] = []
-    head = f"chain {tree.id}  {paint(tree.status, tree.status)}  {format_duration(tree.duration)}"
+    status = paint(tree.status, tree.status)
+    head = f"chain {one_line(tree.id)}  {status}  {format_duration(tree.duration)}"
     if tree.truncated:
         head += "  (log truncated: the oldest steps were dropped)"
     lines.append(head)
@@ -450,7 +453,7 @@ def render_text(
 def _describe_node(node: StepNode, paint: Any) -> str:
     label = {"fanout": "  fan-out", "join": "  join"}.get(node.kind, "")
     parts = [
-        f"step {node.step:<3} {node.kernel or '?'}{label}",
+        f"step {node.step:<3} {one_line(node.kernel or '?')}{label}",
         paint(node.status, node.status),
         format_duration(node.duration),
     ]
@@ -488,7 +491,7 @@ def _text_steps(
             and (info.error.splitlines()[0] == item.error.splitlines()[0])
         )
         if item.error and item.kind != "fanout" and not repeated:
-            lines.append(f"{child_prefix}! {item.error.splitlines()[0][:120]}")
+            lines.append(f"{child_prefix}! {one_line(item.error.splitlines()[0][:120])}")
         children: list[ChainTree | int] = [*item.branches]
         if item.hidden_branches:
             children.append(item.hidden_branches)
@@ -500,7 +503,8 @@ def _text_steps(
                 lines.append(f"{child_prefix}{bchar}… {branch} more branches (not read)")
                 continue
             lines.append(
-                f"{child_prefix}{bchar}branch {branch.id}  {paint(branch.status, branch.status)}"
+                f"{child_prefix}{bchar}branch {one_line(branch.id)}  "
+                f"{paint(branch.status, branch.status)}"
                 f"  {format_duration(branch.duration)}"
             )
             _text_steps(branch, bprefix, lines, paint, limit)

@@ -18,6 +18,7 @@ always was.
 
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass, replace
 
@@ -35,6 +36,19 @@ def hash_tag(key: str) -> str | None:
     if end <= start + 1:
         return None
     return key[start + 1 : end]
+
+
+#: A chain id a user chooses (``run --id``, ``XADD … id X``): letters, digits, ``-`` and
+#: ``_``.  ``.`` and ``{}`` are taken by fan-out branches and hash tags, and an id is shown
+#: in terminals and pages, so nothing that could be markup or a control character.
+CHAIN_ID_RULE = "1 to 128 letters, digits, '-' or '_'"
+
+
+def chain_id_problem(chain_id: str) -> str | None:
+    """Why ``chain_id`` cannot name a chain (None: it can)."""
+    if re.fullmatch(r"[A-Za-z0-9_-]{1,128}", chain_id):
+        return None
+    return f"invalid chain id {chain_id!r}: use {CHAIN_ID_RULE}"
 
 
 def root_of(chain_id: str) -> str:

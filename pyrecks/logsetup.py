@@ -21,6 +21,7 @@ import sys
 import time
 from typing import IO, Any
 
+from pyrecks.display import json_safe, shown
 from pyrecks.errors import PyrecksError
 
 #: Levels by the names the options take.
@@ -63,7 +64,7 @@ class JsonFormatter(logging.Formatter):
                 out[name] = value
         if record.exc_info:
             out["traceback"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False)
+        return json_safe(json.dumps(out, ensure_ascii=False))
 
 
 class TextFormatter(logging.Formatter):
@@ -71,6 +72,11 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        # Messages carry kernel errors and chain ids from Redis: the VM's terminal must
+        # not obey them (pyrecks.display); newlines stay (tracebacks).
+        return shown(super().format(record))
 
 
 def resolve(level: str | None, fmt: str | None, *, quiet: bool = False) -> tuple[int, str]:

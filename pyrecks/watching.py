@@ -8,6 +8,7 @@ chain, or when Ctrl-C stopped ``run --local``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import Any
@@ -16,6 +17,7 @@ import click
 
 from pyrecks.api import Pyrecks, RunningStep
 from pyrecks.connection import describe as describe_redis
+from pyrecks.display import json_safe, one_line, shown
 from pyrecks.vm.records import ChainInfo, ChainStatus, LogEntry
 
 #: What ``run --wait`` shows (``--follow`` shows every entry).
@@ -43,7 +45,7 @@ def entry_record(entry: LogEntry, chain_id: str) -> dict[str, Any]:
 
 def entry_json(entry: LogEntry, chain_id: str) -> str:
     """One log entry as one line of JSON."""
-    return json.dumps(entry_record(entry, chain_id), ensure_ascii=False)
+    return json_safe(json.dumps(entry_record(entry, chain_id), ensure_ascii=False))
 
 
 class EntryPrinter:
@@ -65,6 +67,7 @@ class EntryPrinter:
     def __call__(self, entry: LogEntry) -> None:
         if not self.everything and entry.kind not in WAIT_KINDS:
             return
+        entry = safe_entry(entry)
         who = self.label(entry)
         if entry.kind == "out":
             click.echo(f"  [{who}{entry.kernel}] {entry.text}")
@@ -85,8 +88,20 @@ class EntryPrinter:
             click.echo(click.style(f"{who}step {entry.step}: {entry.kind}: {entry.text}", dim=True))
 
 
+def safe_entry(entry: LogEntry) -> LogEntry:
+    """The entry with what a terminal would obey escaped (pyrecks.display): its text, its
+    kernel's name and its chain's id come from Redis."""
+    return dataclasses.replace(
+        entry,
+        text=shown(entry.text),
+        kernel=one_line(entry.kernel) if entry.kernel else entry.kernel,
+        chain=one_line(entry.chain) if entry.chain else entry.chain,
+    )
+
+
 def format_entry(entry: LogEntry, chain_id: str) -> str:
     """``pyrecks logs``: one entry per line, with the time; branches labelled."""
+    entry = safe_entry(entry)
     if entry.kind == "dropped":
         who = f"[{entry.chain}] " if entry.chain and entry.chain != chain_id else ""
         return f"{who}{entry.text}"
@@ -143,7 +158,7 @@ def describe(info: ChainInfo, running: RunningStep | None = None) -> str:
         lines.append(f"error    [{info.error_kind}] {info.error}")
     if info.traceback:
         lines.append(info.traceback.rstrip())
-    return "\n".join(lines)
+    return shown("\n".join(lines))  # every field came from Redis
 
 
 def status_json(info: ChainInfo, running: RunningStep | None) -> dict[str, Any]:

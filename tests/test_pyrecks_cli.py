@@ -175,7 +175,7 @@ def test_an_invalid_client_supplied_id_fails_visibly(seeded: redis.Redis) -> Non
     with px.local_vm(echo=False, threads=1):
         info = px.wait(chain_id, timeout=30, missing_ok=True)
     assert info.status is ChainStatus.FAILED
-    assert "invalid id 'a.b'" in (info.error or "")
+    assert "invalid chain id 'a.b'" in (info.error or "")
 
 
 def test_run_json_gives_the_result_as_text_and_as_a_json_value(redis_url: str, r: redis.Redis) -> None:

@@ -33,6 +33,7 @@ from pyrecks.compiler.compiler import (
 )
 from pyrecks.compiler.policy import Policy, load_policy, save_policy
 from pyrecks.compiler.store import KernelRecord, KernelStore
+from pyrecks.display import one_line, shown
 from pyrecks.errors import KernelRejected, LintError, PyrecksError
 from pyrecks.keys import Keyspace
 
@@ -565,7 +566,10 @@ def show(
         return
     record = found
     if source_only:
-        click.echo(record.source, nl=not record.source.endswith("\n"))
+        # Redirected, the source stays byte for byte (a round trip to a file); on a terminal
+        # its control characters are shown, not obeyed (pyrecks.display).
+        source = shown(record.source) if sys.stdout.isatty() else record.source
+        click.echo(source, nl=not source.endswith("\n"))
         return
     if record.seed_style:
         state = "no (seed-style string; the VM compiles it on first use)"
@@ -592,14 +596,14 @@ def show(
     ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
-        click.echo(f"{key.ljust(width)}  {value}")
+        click.echo(one_line(f"{key.ljust(width)}  {value}"))
     for finding in record.lint:
         click.echo(
             f"lint{' ' * (width - 4)}  {finding.line}:{finding.column}: "
             f"{finding.code} ({finding.severity}) {finding.message}"
         )
     click.echo("\n--- source ---")
-    click.echo(record.source, nl=not record.source.endswith("\n"))
+    click.echo(shown(record.source), nl=not record.source.endswith("\n"))
     if disassemble:
         code = record.code()
         if code is None:

@@ -14,6 +14,7 @@ import click
 from pyrecks import __version__, watching
 from pyrecks.api import ChainExists, Pyrecks, connect
 from pyrecks.cli.common import SECONDS, PyrecksGroup, Seconds, fail, redis_option
+from pyrecks.display import one_line
 from pyrecks.logsetup import FORMATS as LOG_FORMATS
 from pyrecks.logsetup import LEVELS as LOG_LEVELS
 from pyrecks.logsetup import VM_LOGGER
@@ -340,7 +341,8 @@ def ls_cmd(status_filter: str | None, limit: int, as_json: bool, redis_url: str 
     for i in infos:
         detail = i.error or (i.result if i.status is ChainStatus.DONE else i.call) or ""
         age = f"{now - i.created:.0f}s" if i.created else "?"
-        click.echo(f"{i.id:<18} {i.status.value:<10} {i.step:>5}  {age:>8}  {detail[:60]}")
+        row = f"{i.id:<18} {i.status.value:<10} {i.step:>5}  {age:>8}  {detail[:60]}"
+        click.echo(one_line(row))  # ids, calls, results and errors come from Redis
 
 
 @main.command()
@@ -390,8 +392,10 @@ def vms(as_json: bool, redis_url: str | None) -> None:
     for v in infos:
         load = f"{v.active}/{v.threads}"
         click.echo(
-            f"{v.name:<36} {v.state:<8} {load:>7}  {v.isolation:<9} "
-            f"{now - v.beat:>6.1f}s  {v.policy or '?':<12}  {v.host}:{v.pid}"
+            one_line(
+                f"{v.name:<36} {v.state:<8} {load:>7}  {v.isolation:<9} "
+                f"{now - v.beat:>6.1f}s  {v.policy or '?':<12}  {v.host}:{v.pid}"
+            )
         )
 
 

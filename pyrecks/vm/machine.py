@@ -54,7 +54,7 @@ from pyrecks.compiler.policy import Policy
 from pyrecks.compiler.render import render_call
 from pyrecks.compiler.store import KernelStore
 from pyrecks.errors import PyrecksError
-from pyrecks.keys import Keyspace
+from pyrecks.keys import Keyspace, chain_id_problem
 from pyrecks.logsetup import KERNEL_LOGGER, VM_LOGGER
 from pyrecks.observe import NOOP, Observer, attach, combine
 from pyrecks.vm.chainrun import (
@@ -440,10 +440,11 @@ class VM:
         chain_id = fields.get("id") or entry_id.replace("-", "")
         source = fields.get("call", "")
         error = ""
-        if not chain_id or any(c in chain_id for c in ".{}"):
+        problem = chain_id_problem(chain_id)
+        if problem:
             error = (
-                f"cannot start chain: invalid id {chain_id!r} ('.', '{{' and '}}' are reserved); "
-                f"this failed record uses the stream entry id instead"
+                f"cannot start chain: {problem}; this failed record uses the stream entry id "
+                "instead"
             )
             chain_id = entry_id.replace("-", "")
         try:

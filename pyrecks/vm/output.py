@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from pyrecks.display import one_line
 from pyrecks.vm.sandbox import OutputBuffer
 
 #: A step that has run this long has its printed lines written to the log as they come.
@@ -29,11 +30,6 @@ LIVE_BATCH = 1000
 #: Printed text one step may put in the log; lines past it are counted, not kept.
 MAX_STEP_OUTPUT = 1024 * 1024
 
-# Control characters (but tab) shown escaped: a kernel must not be able to move the
-# operator's cursor, clear a terminal or forge what looks like another chain's line.
-_ESCAPES = {
-    c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)] if c != 0x09
-}
 
 
 class StepOutput(OutputBuffer):
@@ -56,7 +52,7 @@ class StepOutput(OutputBuffer):
         self._dropped = 0
 
     def write_line(self, line: str) -> None:
-        line = line.translate(_ESCAPES)
+        line = one_line(line)  # a kernel may not drive the terminal
         if self._kept + len(line) > MAX_STEP_OUTPUT:
             self._dropped += 1
             return
