@@ -109,3 +109,35 @@ def test_policy_set_input_keys_is_shown_and_reaches_the_policy(
     cleared = runner.invoke(main, ["policy", "set", "--input-keys", "", "--redis", redis_url])
     assert cleared.exit_code == 0
     assert load_policy(r, Keyspace()).input_key_patterns == ()
+
+
+BOMB = (
+    "from pyrecks.kernel import branch, done, fanout\n"
+    "def bomb(d: int):\n"
+    "    if d >= 2:\n"
+    "        return done(1)\n"
+    "    return fanout([branch('bomb', d + 1) for _ in range(5)], 'tally')\n"
+)
+TALLY = "from pyrecks.kernel import done\ndef tally(results):\n    return done(sum(results))\n"
+
+
+def test_nested_fan_outs_share_one_budget_per_started_chain(r: redis.Redis) -> None:
+    """Each fan-out is at most 256 wide, but nesting multiplies: one start of a kernel that
+    fans out into itself made thousands of chains.  Every branch a started chain and its
+    branches create counts against the policy's max_descendants."""
+    raw_kernel(r, "bomb", BOMB)
+    raw_kernel(r, "tally", TALLY)
+    px = Pyrecks(r)
+    within = run_to_end(px, "bomb(0)")  # 5 + 25 branches: within the default budget
+    assert within.status is ChainStatus.DONE and px.result(within.id) == 25
+    save_policy(r, Keyspace(), Policy(max_descendants=25))
+    over = run_to_end(px, "bomb(0)")
+    assert over.status is ChainStatus.FAILED
+    ks = Keyspace()
+    made = list(r.scan_iter(ks.chain(over.id) + "*"))
+    assert len(made) == 1 + 25  # the root, its 5 branches and 4 of their fan-outs
+    assert r.hget(ks.chain(over.id), "descendants") == b"25"
+    branches = [px.status(f"{over.id}.{i}") for i in range(5)]
+    fanout_failures = [b for b in branches if b.error_kind == "fanout"]
+    assert len(fanout_failures) == 1
+    assert "max_descendants" in (fanout_failures[0].error or "")

@@ -694,6 +694,7 @@ def policy_show(redis_url: str | None, as_json: bool, default: bool) -> None:
     click.echo(f"effect keys:          {patterns}")
     inputs = ", ".join(current.input_key_patterns) or "any key not owned by pyrecks/kernels"
     click.echo(f"input keys (@key):    {inputs}")
+    click.echo(f"max descendants:      {current.max_descendants} branches per started chain")
     click.echo(f"nondeterminism:       {'warn' if current.warn_nondeterminism else 'ignore'}")
 
 
@@ -722,6 +723,11 @@ def policy_show(redis_url: str | None, as_json: bool, default: bool) -> None:
     help="Glob patterns effect keys must match (repeat; '' clears the list).",
 )
 @click.option(
+    "--max-descendants",
+    type=click.IntRange(min=1),
+    help="Fan-out branches one started chain and its branches may create in all.",
+)
+@click.option(
     "--input-keys",
     multiple=True,
     metavar="GLOB",
@@ -742,6 +748,7 @@ def policy_set(
     max_timeout: float | None,
     default_retries: int | None,
     effect_keys: tuple[str, ...],
+    max_descendants: int | None,
     input_keys: tuple[str, ...],
     from_file: str | None,
 ) -> None:
@@ -771,6 +778,8 @@ def policy_set(
         changes["effect_key_patterns"] = [p for p in effect_keys if p]
     if input_keys:
         changes["input_key_patterns"] = [p for p in input_keys if p]
+    if max_descendants is not None:
+        changes["max_descendants"] = max_descendants
     try:
         updated = current.with_changes(**changes)
     except PyrecksError as exc:

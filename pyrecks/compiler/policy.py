@@ -46,6 +46,8 @@ class Policy:
     return-string effects must match; empty means "any key that is neither a kernel nor a
     pyrecks-internal key".  ``input_key_patterns`` are the same for the keys ``@key``
     arguments read (empty: any key that is neither a kernel nor pyrecks-internal).
+    ``max_descendants`` caps the fan-out branches one started chain and all its branches
+    create in all (nested fan-outs would otherwise grow a start exponentially).
     ``default_timeout`` applies to kernels that do not set
     ``PYRECKS_TIMEOUT``; ``max_timeout`` caps what a kernel may ask for.
     """
@@ -59,6 +61,7 @@ class Policy:
     max_retries: int = 100
     effect_key_patterns: tuple[str, ...] = ()
     input_key_patterns: tuple[str, ...] = ()
+    max_descendants: int = 10_000
     warn_nondeterminism: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
@@ -72,6 +75,8 @@ class Policy:
             )
         if self.default_retries < 0 or self.max_retries < 0:
             raise PyrecksError("policy: retries must be >= 0")
+        if self.max_descendants < 1:
+            raise PyrecksError("policy: max_descendants must be at least 1")
 
     # -- questions the checker and the VM ask -------------------------------------------
 
@@ -160,7 +165,7 @@ def _coerce(key: str, value: Any) -> Any:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise TypeError("expected a number of seconds")
             return float(value)
-        if key in ("default_retries", "max_retries"):
+        if key in ("default_retries", "max_retries", "max_descendants"):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError("expected an integer")
             return value

@@ -24,6 +24,7 @@ import redis
 from pyrecks.compiler.instructions import Call, FanOut, Finish, Transition
 from pyrecks.compiler.render import render, render_call, render_value
 from pyrecks.errors import RenderError
+from pyrecks.keys import root_of
 from pyrecks.observe import NOOP, Observer
 from pyrecks.vm.chainrun import (
     REDIS_DOWN,
@@ -71,6 +72,8 @@ class Committer:
         config: VMConfig,
         roster: Roster,
         effect_key_patterns: Callable[[], list[str] | tuple[str, ...]],
+        *,
+        max_descendants: Callable[[], int | None] = lambda: None,
     ) -> None:
         self.store = store
         self.access = access
@@ -78,6 +81,7 @@ class Committer:
         self.roster = roster
         self.name = config.name
         self._patterns = effect_key_patterns
+        self._max_descendants = max_descendants
         self.group = GroupCommitter(access.client)
         #: On a cluster, effects go through the outbox (see pyrecks/vm/outbox.py).
         self.outbox = Outbox(store, access) if store.keyspace.sharded else None
@@ -290,6 +294,13 @@ class Committer:
     def _refused(self, run: ChainRun, reply: Reply) -> None:
         if reply.status == "rejected":
             raise StepFailure("effect", f"effect refused: {reply.text(0)}")
+        if reply.status == "budget":
+            raise StepFailure(
+                "fanout",
+                f"fan-out refused: chain {root_of(run.id)} and its branches may create at "
+                f"most {reply.text(0)} branches in all (policy max_descendants; raise it with "
+                "'pyrecksc policy set --max-descendants N', or fan out less deeply)",
+            )
         if reply.status == "fenced":
             self.say(
                 f"[{run.id}] stopped: the chain is {reply.text(0)} and no longer ours",
@@ -346,6 +357,7 @@ class Committer:
         elif isinstance(then, FanOut):
             rendered = render(Transition(then))
             commit.fanout = [render_call(b) for b in then.branches]
+            commit.budget = self._max_descendants()
             commit.trace = self.observer.fanout_trace(run) or None
             count = str(len(then.branches))
             fields += ["call", rendered, "status", "waiting", "owner", "", "pending", count]
@@ -370,7 +382,7 @@ class Committer:
             return
         reply = self.run_fenced(invocation, run)
         if not reply.ok:
-            if reply.status == "rejected":
+            if reply.status in ("rejected", "budget"):
                 run.pending_logs = [*run.pending_logs, *printed]
             self._refused(run, reply)
         self._advance(run, step, then)

@@ -148,6 +148,7 @@ class VM:
             self.config,
             self.roster,
             lambda: self.policy.effect_key_patterns,
+            max_descendants=lambda: self.policy.max_descendants,
         )
         self.steps = StepRunner(
             self.store,

@@ -39,7 +39,7 @@ import redis
 from redis.commands.core import Script
 
 from pyrecks.cluster import adapt
-from pyrecks.keys import Keyspace
+from pyrecks.keys import Keyspace, root_of
 from pyrecks.vm.chainstore.scripts import (
     ACK,
     APPLY,
@@ -204,6 +204,9 @@ class Commit:
     #: Cluster only: a step whose owed effects were delivered; its outbox entry goes with
     #: this commit (unless this commit owes effects itself, which replaces it anyway).
     delivered: str | None = None
+    #: With ``fanout``: how many branches the root chain and all its branches may create
+    #: in all (policy ``max_descendants``); None: no limit.
+    budget: int | None = None
 
 
 @dataclass
@@ -434,6 +437,9 @@ class ChainStore:
             ]
             if commit.trace:
                 payload["trace"] = commit.trace
+            if commit.budget is not None:
+                root = ks.chain(root_of(chain_id))
+                payload["budget"] = {"root": keys.ref(root), "max": commit.budget}
         if commit.done is not None:
             payload["done"] = commit.done
             up = commit.branch_of

@@ -323,7 +323,9 @@ end
 # branches' TRACE and the chain's TRACE_JOIN.  On a cluster, ``owed`` (the effects this step
 # owes, see APPLY) is recorded in the record and the chain listed in the outbox (KEYS[3]);
 # ``delivered`` (a step whose owed effects were delivered) clears its outbox entry.
-# Reply: {'ok'}, {'fenced', status} or {'rejected', reason}.
+# A fan-out's ``budget`` ({root: index of the root chain's record, max}) caps the branches
+# a root chain and all its branches create in all (policy ``max_descendants``).
+# Reply: {'ok'}, {'fenced', status}, {'rejected', reason} or {'budget', max}.
 COMMIT = (
     _FENCE
     + "local maxlog, retention = ARGV[3], ARGV[4]\n"
@@ -334,6 +336,15 @@ local prefix, kprefix = ARGV[2], ARGV[5]
 for _, e in ipairs(p.effects) do
   local why = effect_problem(e, KEYS[tonumber(e[2])], prefix, kprefix, KEYS[3])
   if why then return {'rejected', why} end
+end
+if p.budget then
+  -- Every branch a root chain and its branches ever make counts against one budget, so
+  -- nested fan-outs (each at most 256 wide) cannot grow a start without bound.
+  local root, n = KEYS[tonumber(p.budget.root)], #p.fanout
+  if redis.call('HINCRBY', root, 'descendants', n) > tonumber(p.budget.max) then
+    redis.call('HINCRBY', root, 'descendants', -n)
+    return {'budget', p.budget.max}
+  end
 end
 for _, e in ipairs(p.effects) do
   redis.call(e[1], KEYS[tonumber(e[2])], unpack(e, 3))
