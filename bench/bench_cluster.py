@@ -14,58 +14,31 @@ is read at each step: the ratio says what that costs.  VMs run kernels in thread
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
-import time
 from typing import Any
 
+from bench import bench_scaleout as scaleout
+from bench.bench_scaleout import KERNEL
 from bench.common import print_table, ratios, summarize
 from pyrecks.api import Pyrecks, connect
 from pyrecks.testing import RedisServer
 from pyrecks.testing.cluster import RedisClusterServer
-from pyrecks.vm.records import ChainStatus
-
-KERNEL = """from pyrecks.kernel import call, done
-def relay_fx(s: str, left: int, k: str):
-    if left == 0:
-        return done(len(s))
-    return call("relay_fx", s + "x", left - 1, k, set={k: s})
-"""
 
 
 def run(
     url: str, px: Pyrecks, processes: int, args: argparse.Namespace, tag: str
 ) -> list[float]:
     """Steps per second of each repeat, with ``processes`` VM processes on ``url``."""
-    env = {**os.environ, "REDIS_URL": url}
-    command = [sys.executable, "-m", "pyrecks", "vm", "--threads", str(args.threads)]
-    vms = [
-        subprocess.Popen(
-            [*command, "--isolation", "thread", "--quiet", "--name", f"{tag}-{processes}-{i}"],
-            env=env,
-            stderr=subprocess.DEVNULL,
-        )
-        for i in range(processes)
-    ]
-    try:
-        px.wait(px.start('relay_fx("", 5, "warm")'), timeout=120)
-        rates = []
-        for _ in range(args.repeat):
-            began = time.perf_counter()
-            chains = [
-                px.start(f'relay_fx("", {args.steps}, "{tag}:k{i}")') for i in range(args.chains)
-            ]
-            for chain in chains:
-                info = px.wait(chain, timeout=600)
-                if info.status is not ChainStatus.DONE:
-                    raise SystemExit(f"chain {chain} ended {info.status.value}: {info.error}")
-            rates.append(args.chains * (args.steps + 1) / (time.perf_counter() - began))
-        return rates
-    finally:
-        for vm in vms:
-            vm.kill()
-            vm.wait()
+    return scaleout.run(
+        url,
+        px,
+        processes,
+        args.threads,
+        args.repeat,
+        chains=args.chains,
+        steps=args.steps,
+        tag=tag,
+        vm_options=("--isolation", "thread"),
+    )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

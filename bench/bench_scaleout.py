@@ -31,21 +31,26 @@ def relay_fx(s: str, left: int, k: str):
 CHAINS, STEPS = 64, 100
 
 
-def run(url: str, px: Pyrecks, processes: int, threads: int, repeat: int) -> list[float]:
+def run(
+    url: str,
+    px: Pyrecks,
+    processes: int,
+    threads: int,
+    repeat: int,
+    *,
+    chains: int = CHAINS,
+    steps: int = STEPS,
+    tag: str = "bench",
+    vm_options: tuple[str, ...] = (),
+) -> list[float]:
+    """Steps per second of each repeat: ``chains`` relay chains of ``steps`` effect steps
+    (each on a key of its own, named from ``tag``) run by ``processes`` VM processes on
+    ``url`` (``pyrecks vm`` with ``vm_options``).  bench_cluster runs it on both servers."""
     env = {**os.environ, "REDIS_URL": url}
+    command = [sys.executable, "-m", "pyrecks", "vm", "--threads", str(threads), "--quiet"]
     vms = [
         subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pyrecks",
-                "vm",
-                "--threads",
-                str(threads),
-                "--quiet",
-                "--name",
-                f"bench-{processes}-{i}",
-            ],
+            [*command, *vm_options, "--name", f"{tag}-{processes}-{i}"],
             env=env,
             stderr=subprocess.DEVNULL,
         )
@@ -56,12 +61,12 @@ def run(url: str, px: Pyrecks, processes: int, threads: int, repeat: int) -> lis
         rates = []
         for _ in range(repeat):
             began = time.perf_counter()
-            chains = [px.start(f'relay_fx("", {STEPS}, "k{i}")') for i in range(CHAINS)]
-            for chain in chains:
-                info = px.wait(chain, timeout=300)
+            started = [px.start(f'relay_fx("", {steps}, "{tag}:k{i}")') for i in range(chains)]
+            for chain in started:
+                info = px.wait(chain, timeout=600)
                 if info.status is not ChainStatus.DONE:
                     raise SystemExit(f"chain {chain} ended {info.status.value}: {info.error}")
-            rates.append(CHAINS * (STEPS + 1) / (time.perf_counter() - began))
+            rates.append(chains * (steps + 1) / (time.perf_counter() - began))
         return rates
     finally:
         for vm in vms:
